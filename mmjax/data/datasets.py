@@ -47,3 +47,28 @@ def transform(name: str, *, train: bool, image_size: int = 64, tokenizer=None):
   if name == "shapes":  # already at image_size; crops would cut objects out of the 3x3 grid
     return pipeline.ImageTextTransform(image_size, tokenizer, train=False)
   return pipeline.ImageTextTransform(image_size, tokenizer, train=train)
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_TEMPLATES = ("a photo of the number {}.", "a handwritten digit {}.", "the digit {}.",
+                   "a blurry image of the number {}.")
+
+
+def _prompts(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  if name == "shapes":
+    from mmjax.data import shapes  # pylint: disable=import-outside-toplevel
+    return shapes.CLASS_NAMES, shapes.TEMPLATES
+  if name == "digits":
+    return DIGIT_NAMES, DIGIT_TEMPLATES
+  raise ValueError(f"dataset {name!r} has no class names or prompt templates; expected one of "
+                   "('shapes', 'digits')")
+
+
+def class_names(name: str) -> tuple[str, ...]:
+  """The class names of dataset `name`, in label order (for zero-shot classifiers)."""
+  return _prompts(name)[0]
+
+
+def templates(name: str) -> tuple[str, ...]:
+  """The zero-shot prompt templates of dataset `name` ('{}' is replaced by a class name)."""
+  return _prompts(name)[1]

@@ -1,0 +1,175 @@
+"""Evaluates a train.py checkpoint, or imported CLIP weights, and writes a report to the workdir.
+
+    python eval.py --config configs/shapes_clip.py --workdir /tmp/shapes_clip
+    python eval.py --config configs/shapes_clip.py --workdir /tmp/shapes_clip --checkpoint 250
+    python eval.py --config configs/digits_dcca.py --workdir /tmp/clip_b16 \
+        --weights ViT-B-16.safetensors --tfds cifar10:test --tfds /data/my_dataset/1.0.0
+
+Without --checkpoint the latest step is used. --weights (an OpenAI / OpenCLIP / Hugging Face CLIP
+checkpoint) replaces the workdir's checkpoint; the config then only names the dataset. --tfds adds
+zero-shot classification on a TFDS image classification dataset prepared locally (a name under
+--tfds_data_dir, or a prepared dataset's directory), with split after ':' (default 'test').
+
+Writes metrics.json (metrics, per-class accuracy, confusion matrices, where the model came from),
+PNG plots (image-caption similarities, retrieval examples, confusion matrices, training curves)
+and report.md, which shows them all.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mmjax import parallel
+from mmjax.data import datasets, pipeline
+from mmjax.evaluate import embed, load, report, suite
+from mmjax.train import tasks
+
+
+def evaluate_workdir(config, workdir, checkpoint: int | None = None, weights: str | None = None,
+                     *, tfds_datasets=(), tfds_data_dir: str = "~/tensorflow_datasets",
+                     quiet: bool = False) -> dict:
+  """Runs the evaluation suite of config.task (or of CLIP for weights); writes metrics.json, the
+  plots and report.md into workdir and returns what metrics.json holds."""
+  if not workdir:
+    raise ValueError("--workdir is required: the checkpoint is read and the report written there")
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+
+  # --- mesh --------------------------------------------------------------------------------------
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+
+  # --- model: a checkpoint of this workdir, or imported weights ---------------------------------
+  if weights:
+    model, params, tokenizer, image_size = load.load_weights(
+        weights, mesh, bpe_path=config.get("bpe_path") or None)
+    kind, source = "clip", {"weights": str(pathlib.Path(weights).resolve())}
+  else:
+    model, params, step = load.restore_params(config, workdir, mesh, checkpoint)
+    tokenizer = tasks.make_tokenizer(config) if config.task != "dcca" else None
+    image_size = config.dataset.get("image_size", 64)
+    kind, source = config.task, {"checkpoint": str(workdir / "checkpoints" / str(step)),
+                                 "step": step}
+  source.update(task=kind, dataset=config.dataset.name)
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  # --- data --------------------------------------------------------------------------------------
+  builder = pipeline.prepare(datasets.builder_class(config.dataset.name), config.dataset.data_dir,
+                             **dict(config.dataset.get("builder_kwargs", {})))
+
+  # --- evaluate ----------------------------------------------------------------------------------
+  ev = config.get("eval", {})
+  ctx = suite.Context(model, params, mesh, tokenizer, image_size=image_size,
+                      batch_size=config.get("eval_batch_size", 500),
+                      probe_examples=ev.get("probe_examples", 5000),
+                      shots=tuple(ev.get("shots", (1, 5, 10))), l2=ev.get("probe_l2", 1e-3),
+                      quiet=quiet, out_dir=workdir)
+  if kind in ("clip", "siglip"):
+    fns = suite.two_tower_fns(model)
+    results = suite.two_tower_suite(ctx, config, builder, fns=fns)
+    for spec in tfds_datasets:
+      _merge(results, _tfds_zero_shot(ctx, fns, spec, tfds_data_dir))
+  elif tfds_datasets:
+    raise ValueError(f"--tfds needs a two-tower model (CLIP / SigLIP), not task {kind!r}")
+  elif kind == "dcca":
+    results = suite.two_view_suite(ctx, config, builder)
+  else:
+    results = suite.fusion_suite(ctx, config, builder)
+
+  # --- report ------------------------------------------------------------------------------------
+  return _write_report(workdir, source, results)
+
+
+def _write_report(workdir: pathlib.Path, source: dict, results: dict) -> dict:
+  """metrics.json, the training curves and report.md; the suite's plots are already written."""
+  curves = report.curves_plot(workdir / "metrics.jsonl", workdir / "training_curves.png")
+  plots = [pathlib.Path(p) for p in results.pop("plots")] + ([curves] if curves else [])
+  arrays = []
+  for split, matrix in results["confusion_matrix"].items():
+    if len(matrix) > 100:   # e.g. 1000 classes: a .npy file rather than megabytes of JSON
+      arrays.append(f"confusion_{split}.npy")
+      np.save(workdir / arrays[-1], np.asarray(matrix, np.int64))
+      results["confusion_matrix"][split] = arrays[-1]
+  results = {"source": source, **results, "files": [p.name for p in plots] + arrays}
+  (workdir / "metrics.json").write_text(json.dumps(_json_safe(results), indent=1))
+  results["files"] = ["metrics.json", *results["files"],
+                      report.write_report(workdir, results, plots).name]
+  return results
+
+
+def _json_safe(value):
+  """NaN (e.g. a metric with nothing to average) -> null, so metrics.json is strict JSON."""
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_json_safe(v) for v in value]
+  return None if isinstance(value, float) and value != value else value
+
+
+def _merge(results: dict, more: dict) -> None:
+  for key, value in more.items():
+    if isinstance(value, dict):
+      results[key].update(value)
+    else:
+      results[key] += value
+
+
+def _tfds_zero_shot(ctx, fns, spec: str, data_dir: str) -> dict:
+  """Zero-shot on a locally prepared TFDS image classification dataset (NAME or DIR[:SPLIT])."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  where, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "test")
+  path = pathlib.Path(where).expanduser()
+  if path.is_dir():
+    builder = tfds.builder_from_directory(str(path))
+  else:
+    builder = tfds.builder(where, data_dir=str(pathlib.Path(data_dir).expanduser()))
+    if not pathlib.Path(builder.data_dir).is_dir():
+      raise FileNotFoundError(f"--tfds {spec}: {where} is not prepared under {data_dir} (looked "
+                              f"for {builder.data_dir}); prepare it with `tfds build {where}`")
+  image_key, label_key = builder.info.supervised_keys or ("image", "label")
+  label = builder.info.features[label_key]
+  if not isinstance(label, tfds.features.ClassLabel) or not label.names:
+    raise ValueError(f"--tfds {spec}: feature {label_key!r} has no class names; zero-shot needs "
+                     "a ClassLabel feature with names")
+  if split not in builder.info.splits:
+    raise ValueError(f"--tfds {spec}: no split {split!r}; it has {list(builder.info.splits)}")
+  names = [n.replace("_", " ") for n in label.names]
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:  # random access, no TF
+    examples = embed.source_examples(builder.as_data_source(split=split))
+  else:
+    examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+  return suite.tfds_zero_shot(ctx, fns, examples, builder.info.splits[split].num_examples, names,
+                              split=f"{builder.name}_{split}", image_key=image_key,
+                              label_key=label_key)
+
+
+def _define_flags():
+  """Command-line flags, defined only when run as a script (train.py defines the same names, and
+  both modules are imported together by tests)."""
+  config_flags.DEFINE_config_file("config", "configs/shapes_clip.py", "config file")
+  flags.DEFINE_string("workdir", None, "train.py's workdir; the report is written there")
+  flags.DEFINE_integer("checkpoint", None, "step to evaluate (default: the latest)")
+  flags.DEFINE_string("weights", None, "imported CLIP weights instead of a checkpoint")
+  flags.DEFINE_multi_string("tfds", [], "NAME_OR_DIR[:SPLIT]: extra zero-shot dataset")
+  flags.DEFINE_string("tfds_data_dir", "~/tensorflow_datasets", "where --tfds looks")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  results = evaluate_workdir(f.config, f.workdir, f.checkpoint, f.weights, tfds_datasets=f.tfds,
+                             tfds_data_dir=f.tfds_data_dir)
+  if jax.process_index() == 0:
+    for key, value in sorted(results["metrics"].items()):
+      print(f"{key}: {value:.4f}", flush=True)
+    print(f"wrote to {pathlib.Path(f.workdir).expanduser().resolve()}: "
+          + ", ".join(results["files"]), flush=True)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
