@@ -1,0 +1,72 @@
+"""The benchmark scripts on a one-layer model: they run, and their analytic FLOP count agrees with
+XLA's count of the compiled train step (the independent reference)."""
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mmjax.models.two_tower import PRESETS, two_tower
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "bench"))
+import _common as common  # noqa: E402  pylint: disable=wrong-import-position
+import compare_openclip  # noqa: E402  pylint: disable=wrong-import-position
+import eval_throughput  # noqa: E402  pylint: disable=wrong-import-position
+import train_throughput  # noqa: E402  pylint: disable=wrong-import-position
+
+MICRO = dict(image_size=32, embed_dim=32,
+             image=dict(patch_size=8, width=64, depth=1, num_heads=2, mlp_dim=256),
+             text=dict(vocab_size=259, context_length=16, width=64, depth=1, num_heads=2,
+                       mlp_dim=256))
+
+
+@pytest.fixture
+def micro(monkeypatch):
+  monkeypatch.setitem(PRESETS, "micro", MICRO)
+  return "micro"
+
+
+def test_transformer_flops_closed_form():
+  # One block, T=2, D=1, M=1: projections 8, MLP 4 per token; attention 4 * T^2 * D = 16.
+  assert common.transformer_flops(2, 1, 1, 1) == 2 * 12 + 16
+  # ViT-B/16 + CLIP text at batch 256: OpenCLIP's published count is 123.8 GFLOP per pair.
+  assert common.two_tower_flops(PRESETS["B/16"], 256)["train"] / 1e9 == pytest.approx(123.8,
+                                                                                       rel=0.01)
+
+
+def test_train_step_flops_and_timing(micro):
+  config = train_throughput.bench_config(micro, 8, dtype="float32")
+  r = train_throughput.run(config, steps=1, repeats=1, warmup=1)
+  # XLA also counts layer norms, softmax, GELU and AdamW: a few % above the matmul-only count.
+  assert r["analytic_flops"] <= r["compiled_flops"] <= 1.15 * r["analytic_flops"]
+  assert r["images_s"] > 0 and r["step_s"] > 0 and r["compiled_bytes"] > 0
+  cells = train_throughput.row(micro, 8, "default", r, peak_tflops=1.0)
+  assert len(cells) == len(train_throughput.HEADER)
+
+
+def test_eval_paths(micro):
+  results = eval_throughput.run(micro, 4, dtype=jnp.float32, classes=10, ranking=8, repeats=1)
+  assert set(results) == {"zero-shot", "retrieval", "ranking"}
+  for r in results.values():
+    assert r["seconds"] > 0
+    assert 0.9 * r["analytic_flops"] <= r["compiled_flops"] <= 1.3 * r["analytic_flops"]
+
+
+def test_batch_sizes():
+  assert train_throughput.batch_sizes("", ["B/32", "B/16"]) == [512, 256]
+  assert train_throughput.batch_sizes("64", ["B/32", "B/16"]) == [64, 64]
+  with pytest.raises(ValueError, match="one size or one per preset"):
+    train_throughput.batch_sizes("1,2,3", ["B/32", "B/16"])
+
+
+def test_openclip_model_has_the_preset_architecture():
+  """Where OpenCLIP is installed: its CLIP built from a preset has exactly mmjax's parameters."""
+  pytest.importorskip("open_clip")
+  cfg = PRESETS["tiny"]
+  s, n = cfg["image_size"], cfg["text"]["context_length"]
+  shapes = jax.eval_shape(two_tower("tiny").init, jax.random.key(0), jnp.zeros((1, s, s, 3)),
+                          jnp.zeros((1, n), jnp.int32))
+  ours = sum(x.size for x in jax.tree.leaves(shapes))
+  theirs = sum(p.numel() for p in compare_openclip.openclip_model("tiny").parameters())
+  assert theirs == ours
