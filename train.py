@@ -53,6 +53,8 @@ def train_and_evaluate(config, workdir) -> dict:
                              **dict(config.dataset.get("builder_kwargs", {})))
   tokenizer = tasks.make_tokenizer(config) if config.task != "dcca" else None
   train_source = builder.as_data_source(split=config.dataset.train_split)
+  if config.dataset.get("cache", False):
+    train_source = pipeline.InMemorySource(train_source, desc=f"caching {config.dataset.train_split}")
   transform = datasets.transform(config.dataset.name, train=True,
                                  image_size=config.dataset.get("image_size", 64),
                                  tokenizer=tokenizer)

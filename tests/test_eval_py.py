@@ -92,9 +92,9 @@ def test_eval_agrees_with_train_and_with_the_tfds_path(trained, evaluated):
 
 def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(trained):
   config, workdir, _ = trained
-  wrong = _config(config.dataset.data_dir, **{"model.image.width": 48})
+  wrong = _config(config.dataset.data_dir, **{"model.image.channels": (8, 24)})
   with pytest.raises(ValueError, match=r"step 20\) does not match the config.*"
-                                       r"image_encoder.*model: checkpoint .*width.*32"):
+                                       r"image_encoder.*model: checkpoint .*channels.*16"):
     eval_py.evaluate_workdir(wrong, workdir, quiet=True)
   with pytest.raises(ValueError, match=r"--checkpoint 15: .* has steps \[10, 20\]"):
     eval_py.evaluate_workdir(config, workdir, checkpoint=15, quiet=True)

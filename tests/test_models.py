@@ -230,3 +230,35 @@ def test_make_mesh_errors_name_the_sizes():
   with pytest.raises(ValueError, match="at most one -1"):
     parallel.make_mesh(-1, -1)
   assert parallel.make_mesh(-1, 2, 2).shape == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_convnet_shapes_pooling_and_translation_invariance():
+  from mmjax.models.cnn import ConvNet  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  images = np.zeros((2, 128, 128, 3), np.float32)  # an object's receptive field (+-15 px) fits
+  patch = rng.normal(size=(9, 9, 3)).astype(np.float32)
+  images[0, 40:49, 36:45] = patch
+  images[1, 40 + 16:49 + 16, 36 + 48:45 + 48] = patch  # moved by multiples of the total stride 16
+  for pool in ("max", "mean"):
+    net = ConvNet(channels=(8, 16, 16, 24), pool=pool)
+    params = net.init(jax.random.key(0), images)
+    out = np.asarray(net.apply(params, images))
+    assert out.shape == (2, 24)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+    assert np.abs(out).sum() > 0
+  with pytest.raises(ValueError, match="pool"):
+    ConvNet(pool="sum").init(jax.random.key(0), images)
+  with pytest.raises(ValueError, match="batch, height, width"):
+    ConvNet().init(jax.random.key(0), images[0])
+
+
+def test_two_tower_with_cnn_image_tower_and_bad_arch():
+  model = two_tower("tiny", image_overrides=dict(arch="cnn", channels=(8, 16)),
+                    text_overrides=dict(vocab_size=40, context_length=9))
+  images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype(np.float32)
+  tokens = np.ones((3, 9), np.int32)
+  out = model.apply(model.init(jax.random.key(0), images, tokens), images, tokens)
+  assert out.image.shape == out.text.shape == (3, PRESETS["tiny"]["embed_dim"])
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(out.image), axis=1), 1, rtol=1e-5)
+  with pytest.raises(ValueError, match="arch"):
+    two_tower("tiny", image_overrides=dict(arch="resnet")).init(jax.random.key(0), images, tokens)

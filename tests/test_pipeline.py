@@ -111,3 +111,26 @@ def test_global_batches_do_not_depend_on_the_number_of_processes():
   for batch in range(10):
     joined = halves[0][batch * 4:(batch + 1) * 4] + halves[1][batch * 4:(batch + 1) * 4]
     assert joined == one[batch * 8:(batch + 1) * 8]
+
+
+def test_in_memory_source_gives_the_same_batches_and_restores():
+  source = _source()
+  cached = pipeline.InMemorySource(source)
+  assert len(cached) == len(source) and cached[7] is source[7]
+  plain, fast = iter(_loader(source)), iter(_loader(cached))
+  for _ in range(5):  # across an epoch boundary
+    want, got = next(plain), next(fast)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  mesh = parallel.make_mesh(8)
+  original = pipeline.BatchIterator(_loader(cached), mesh)
+  next(original)
+  state = original.get_state()
+  expected = jax.tree.map(np.asarray, next(original))
+  restored = pipeline.BatchIterator(_loader(pipeline.InMemorySource(source)), mesh)
+  restored.set_state(state)
+  got = next(restored)
+  for key in expected:
+    np.testing.assert_array_equal(np.asarray(got[key]), expected[key])
+  with pytest.raises(ValueError, match="empty"):
+    pipeline.InMemorySource([])

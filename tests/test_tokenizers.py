@@ -329,3 +329,33 @@ def test_clip_context_length_error(clip_setup):
     ClipTokenizer(tokenizer.path, context_length=1)
   with pytest.raises(ValueError, match="context_length=1"):
     tokenizer("x", context_length=1)
+
+
+def test_word_ids_layout_unknown_words_and_truncation():
+  tok = tok_lib.WordTokenizer(["a", "red", "circle", ".", "-"], context_length=6)
+  assert (tok.sot_token_id, tok.eot_token_id, tok.vocab_size) == (7, 8, 9)
+  np.testing.assert_array_equal(tok("A red, circle."), [[7, 2, 3, 1, 4, 8]])   # ',' is unknown
+  np.testing.assert_array_equal(tok(["red", ""]), [[7, 3, 8, 0, 0, 0], [7, 8, 0, 0, 0, 0]])
+  cut = tok("a red red red red circle")
+  assert cut.shape == (1, 6) and cut[0, -1] == tok.eot_token_id and (cut == 8).sum() == 1
+  assert tok.decode(tok("a red-circle, a cat", context_length=10)[0]) == "a red - circle <unk> a <unk>"
+  assert tok_lib.WordTokenizer.split("Mid-sized, RED.") == ["mid", "-", "sized", ",", "red", "."]
+
+
+@pytest.mark.parametrize("vocab, match", [([], "non-empty"), (["red", "red"], "repeated"),
+                                          (["red circle"], "single"), (["Red"], "single")])
+def test_word_vocabulary_errors(vocab, match):
+  with pytest.raises(ValueError, match=match):
+    tok_lib.WordTokenizer(vocab)
+
+
+def test_shapes_vocabulary_covers_every_caption_and_prompt():
+  from mmjax.data import shapes  # pylint: disable=import-outside-toplevel
+  tok = tok_lib.WordTokenizer(shapes.VOCABULARY, context_length=40)
+  config = shapes.ShapesConfig(name="t", num_train=10, num_test=10, num_test_unseen=10)
+  texts = [shapes.render_example(config, split, i)["caption"]
+           for split in ("train", "test", "test_unseen") for i in range(150)]
+  texts += [t.format(n) for n in shapes.CLASS_NAMES for t in shapes.TEMPLATES]
+  ids = tok([t.decode() if isinstance(t, bytes) else t for t in texts])
+  assert not (ids == tok.unk_token_id).any()
+  assert (ids == tok.eot_token_id).sum() == len(texts)    # nothing was cut at 40 tokens

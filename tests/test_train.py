@@ -166,7 +166,7 @@ def test_torn_checkpoint_is_ignored_and_restore_works_on_another_mesh(data_dir, 
   mesh = parallel.make_mesh(2, 2, 1, devices=jax.devices()[:4])
   state, data_state = _restore(tmp_path, None, config, mesh)
   assert int(state.step) == 6 and json.loads(data_state)
-  leaf = state.params["image_encoder"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+  leaf = state.params["text_encoder"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
   assert len(leaf.sharding.device_set) == 4
   saved = _final_params(tmp_path, 6, data_dir)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):

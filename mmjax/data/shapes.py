@@ -61,6 +61,15 @@ SIZE_WORDS = {"small": ("small", "little", "tiny"),
               "medium": ("medium", "medium-sized", "mid-sized"),
               "large": ("large", "big", "huge")}
 SPLITS = {"train": 0, "test": 1, "test_unseen": 2}
+# Every word and punctuation mark (WordTokenizer.split) that captions and TEMPLATES x CLASS_NAMES use:
+# the attribute words above plus the caption grammar's own (a test checks no caption leaves it).
+_GRAMMAR_WORDS = (". : a above an and at background below beneath centre corner dark drawing gray "
+                  "grey here image in is light lower middle near of on over photo picture plain "
+                  "rendering see shape shapes shows side that the there this to two under upper we")
+VOCABULARY = tuple(sorted(
+    set(_GRAMMAR_WORDS.split()) | set(COLOURS) | {"-"}
+    | {w for words in (*SHAPE_WORDS.values(), *SIZE_WORDS.values(), POSITIONS)
+       for phrase in words for w in phrase.replace("-", " ").split()}))
 
 
 def _star(n=5, outer=1.25, inner=0.52):

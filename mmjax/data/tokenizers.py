@@ -1,6 +1,8 @@
-"""Text tokenizers: a byte-level one that needs no vocabulary, and CLIP's BPE tokenizer.
+"""Text tokenizers: a byte-level one that needs no vocabulary, a word-level one over a closed
+vocabulary (the embedded datasets' captions), and CLIP's BPE tokenizer.
 
   ByteTokenizer()            ids 0 = pad, 1..256 = UTF-8 bytes (byte b -> b + 1), 257 sot, 258 eot
+  WordTokenizer(words)       ids 0 = pad, 1 = unknown word, 2..V+1 = the V words, V+2 sot, V+3 eot
   ClipTokenizer(path=None)   CLIP's byte-level BPE (Radford et al. 2021) read from
                              bpe_simple_vocab_16e6.txt.gz: 49408 ids, sot 49406, eot 49407
   find_bpe_vocab(path=None)  where ClipTokenizer finds its merges file
@@ -23,6 +25,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -35,7 +38,7 @@ BPE_PACKAGES = ("open_clip", "clip")
 CLIP_NUM_MERGES = 49152 - 256 - 2  # merges the standard vocabulary uses: 48894
 DEFAULT_CONTEXT_LENGTH = 77
 
-__all__ = ["ByteTokenizer", "ClipTokenizer", "find_bpe_vocab", "clip_vocab_files", "BPE_FILENAME",
+__all__ = ["ByteTokenizer", "WordTokenizer", "ClipTokenizer", "find_bpe_vocab", "clip_vocab_files", "BPE_FILENAME",
            "BPE_ENV_VAR"]
 
 # OpenAI's pre-tokenizer: special tokens, English contractions, runs of letters, single digits,
@@ -81,7 +84,21 @@ def _strip_special(ids: Iterable[int], sot: int, eot: int) -> list[int]:
   return ids[:ids.index(eot)] if eot in ids else ids
 
 
-class ByteTokenizer:
+class _Tokenizer:
+  """What every tokenizer here shares: texts -> self.encode(text) -> packed (n, context_length) ids.
+  Subclasses define encode(text) -> list[int], context_length, sot_token_id and eot_token_id."""
+  context_length: int
+  sot_token_id: int
+  eot_token_id: int
+
+  def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+    """np.int32 (n, context_length): [sot, ids..., eot, 0...] per text, eot kept when truncated."""
+    length = _check_context_length(
+        self.context_length if context_length is None else context_length)
+    return _pack(map(self.encode, _as_list(texts)), self.sot_token_id, self.eot_token_id, length)
+
+
+class ByteTokenizer(_Tokenizer):
   """UTF-8 bytes as tokens: no vocabulary file, every text round-trips.
 
   Ids: 0 = pad, 1..256 = the bytes (byte b -> id b + 1), 257 = start-of-text, 258 = end-of-text,
@@ -100,16 +117,59 @@ class ByteTokenizer:
     """Ids of one text, without sot / eot and untruncated."""
     return [b + 1 for b in text.encode("utf-8")]
 
-  def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
-    """np.int32 (n, context_length): [sot, bytes + 1..., eot, 0...] per text."""
-    length = _check_context_length(
-        self.context_length if context_length is None else context_length)
-    return _pack(map(self.encode, _as_list(texts)), self.sot_token_id, self.eot_token_id, length)
-
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """The text of one row of ids (sot, eot, padding and other special ids are dropped)."""
     ids = _strip_special(ids, self.sot_token_id, self.eot_token_id)
     return bytes(i - 1 for i in ids if 1 <= i <= 256).decode("utf-8", errors="replace")
+
+
+_WORD_PATTERN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
+class WordTokenizer(_Tokenizer):
+  """Lower-cased words and punctuation marks from a fixed vocabulary, one id each.
+
+  For small closed-vocabulary corpora (mmjax.data.shapes.VOCABULARY): a caption is a dozen tokens
+  instead of ~45 bytes, so the text tower is cheaper and each word is one embedding from the start.
+  Ids: 0 = pad, 1 = a word not in the vocabulary, 2..V+1 = vocabulary[0..V-1], V+2 = start-of-text,
+  V+3 = end-of-text (the largest id, as in CLIP); vocab_size = V + 4. Texts are lower-cased and split
+  into runs of [a-z0-9] and single other non-space characters ("mid-sized." -> mid - sized .).
+  """
+  pad_token_id = 0
+  unk_token_id = 1
+
+  def __init__(self, vocabulary: Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH):
+    words = list(vocabulary)
+    if not words:
+      raise ValueError("WordTokenizer needs a non-empty vocabulary")
+    bad = [w for w in words if not isinstance(w, str) or self.split(w) != [w]]
+    if bad:
+      raise ValueError(f"vocabulary entries must be single lower-case words or punctuation marks "
+                       f"(as WordTokenizer.split gives them); got {bad[:5]!r}")
+    if len(set(words)) != len(words):
+      dup = sorted({w for w in words if words.count(w) > 1})
+      raise ValueError(f"vocabulary has repeated entries: {dup[:5]!r}")
+    self.vocab = words
+    self._ids = {w: i + 2 for i, w in enumerate(words)}
+    self.sot_token_id = len(words) + 2
+    self.eot_token_id = len(words) + 3
+    self.vocab_size = len(words) + 4
+    self.context_length = _check_context_length(context_length)
+
+  @staticmethod
+  def split(text: str) -> list[str]:
+    """The words and punctuation marks of a text, lower-cased."""
+    return _WORD_PATTERN.findall(text.lower())
+
+  def encode(self, text: str) -> list[int]:
+    """Ids of one text, without sot / eot and untruncated; unknown words -> unk_token_id."""
+    return [self._ids.get(w, self.unk_token_id) for w in self.split(text)]
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """The words of one row of ids joined by spaces (unknown words shown as <unk>)."""
+    ids = _strip_special(ids, self.sot_token_id, self.eot_token_id)
+    return " ".join(self.vocab[i - 2] if 2 <= i < self.sot_token_id else "<unk>"
+                    for i in ids if i != self.pad_token_id)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -201,7 +261,7 @@ def _clip_vocab(merges: Sequence[tuple[str, str]]) -> list[str]:
   return [*chars, *(c + _EOW for c in chars), *(a + b for a, b in merges), _SOT, _EOT]
 
 
-class ClipTokenizer:
+class ClipTokenizer(_Tokenizer):
   """CLIP's tokenizer: cleaning, a regex pre-tokenizer and byte-level BPE (Radford et al. 2021).
 
   Text is cleaned as OpenAI's simple_tokenizer does (ftfy.fix_text, HTML unescaped twice,
@@ -279,12 +339,6 @@ class ClipTokenizer:
       else:
         ids.extend(self._bpe("".join(self._byte_chars[b] for b in piece.encode("utf-8"))))
     return ids
-
-  def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
-    """np.int32 (n, context_length): [sot, ids..., eot, 0...] per text, eot kept when truncated."""
-    length = _check_context_length(
-        self.context_length if context_length is None else context_length)
-    return _pack(map(self.encode, _as_list(texts)), self.sot_token_id, self.eot_token_id, length)
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """The (cleaned) text of one row of ids: a leading sot is dropped and decoding stops at eot."""

@@ -6,6 +6,7 @@ bf16 compute with fp32 params (dtype / param_dtype); every parameter carries log
 """
 from mmjax.models.autoencoder import (DCCAE, BimodalAutoencoder, bimodal_reconstruction_loss,
                                       dccae_loss)
+from mmjax.models.cnn import ConvNet
 from mmjax.models.coordination import GatedCoordination
 from mmjax.models.cross_attention import (CoAttentionBlock, CrossModalBlock, CrossModalTransformer,
                                           SingleStreamTransformer)
@@ -17,12 +18,13 @@ from mmjax.models.fusion import (MAG, AdditiveFusion, BilinearFusion, ConcatFusi
 from mmjax.models.mlp import MlpEncoder
 from mmjax.models.text import TextTransformer
 from mmjax.models.transformer import Attention, Block, Encoder, LayerNorm, Mlp
-from mmjax.models.two_tower import PRESETS, TwoTower, TwoTowerOutput, l2_normalize, two_tower
+from mmjax.models.two_tower import (PRESETS, TwoTower, TwoTowerOutput, image_encoder, l2_normalize,
+                                    two_tower)
 from mmjax.models.vit import MapHead, ViT
 
 __all__ = [
     "Attention", "Block", "Encoder", "LayerNorm", "Mlp", "MlpEncoder", "TextTransformer", "ViT",
-    "MapHead", "TwoTower", "TwoTowerOutput", "two_tower", "PRESETS", "l2_normalize",
+    "MapHead", "ConvNet", "TwoTower", "TwoTowerOutput", "two_tower", "image_encoder", "PRESETS", "l2_normalize",
     "ConcatFusion", "NonlinearFusion", "LateFusion", "AdditiveFusion", "MultiplicativeFusion",
     "BilinearFusion", "TensorFusion", "tensor_fusion", "LowRankFusion", "PolynomialFusion",
     "polynomial_features", "GatedFusion", "ModalityShift", "MAG", "FiLM", "film",

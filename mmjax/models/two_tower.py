@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.cnn import ConvNet
 from mmjax.models.text import TextTransformer
 from mmjax.models.transformer import Dtype, logical
 from mmjax.models.vit import ViT
@@ -120,20 +121,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def image_encoder(preset: str, overrides=None, *, dtype: Dtype = jnp.float32,
+                  param_dtype: Dtype = jnp.float32, implementation: str | None = None,
+                  remat: str = "none", scan: bool = False) -> nn.Module:
+  """The image tower of a preset: its ViT with `overrides` replacing fields, or, when overrides
+  holds arch='cnn', a ConvNet built from the other overrides (channels, pool)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+  overrides = dict(overrides or {})
+  arch = overrides.pop("arch", "vit")
+  if arch == "cnn":
+    return ConvNet(**overrides, dtype=dtype, param_dtype=param_dtype)
+  if arch != "vit":
+    raise ValueError(f"unknown image arch {arch!r}; expected 'vit' or 'cnn'")
+  return ViT(**{**PRESETS[preset]["image"], "dtype": dtype, "param_dtype": param_dtype,
+                "implementation": implementation, "remat": remat, "scan": scan, **overrides})
+
+
 def two_tower(preset: str, *, loss: str = "clip", lock: str | None = None, dtype: Dtype = jnp.float32,
               param_dtype: Dtype = jnp.float32, implementation: str | None = None,
               remat: str = "none", scan: bool = False, image_overrides=None,
               text_overrides=None) -> TwoTower:
   """A TwoTower of a preset size ('tiny', 'S/16', 'B/32', 'B/16', 'L/14'): ViT + TextTransformer.
 
-  image_overrides / text_overrides replace preset fields (e.g. dict(pool='map')).
+  image_overrides / text_overrides replace preset fields (e.g. dict(pool='map')); image_overrides
+  with arch='cnn' makes the image tower a ConvNet (see image_encoder).
   """
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
   cfg = PRESETS[preset]
   common = dict(dtype=dtype, param_dtype=param_dtype, implementation=implementation, remat=remat,
                 scan=scan)
-  image = ViT(**{**cfg["image"], **common, **(image_overrides or {})})
+  image = image_encoder(preset, image_overrides, **common)
   text = TextTransformer(**{**cfg["text"], **common, **(text_overrides or {})})
   return TwoTower(image, text, cfg["embed_dim"], loss=loss, lock=lock, dtype=dtype,
                   param_dtype=param_dtype)

@@ -21,19 +21,29 @@ from mmjax.data import tokenizers
 from mmjax.models import fusion as fusion_lib
 from mmjax.models.mlp import MlpEncoder
 from mmjax.models.text import TextTransformer
-from mmjax.models.two_tower import PRESETS, two_tower
-from mmjax.models.vit import ViT
+from mmjax.models.two_tower import PRESETS, image_encoder, two_tower
 
 TASKS = ("clip", "siglip", "dcca", "fusion")
 
 
+def _vocabulary(name: str) -> tuple[str, ...]:
+  if name == "shapes":
+    from mmjax.data.shapes import VOCABULARY  # pylint: disable=import-outside-toplevel
+    return VOCABULARY
+  raise ValueError(f"unknown vocabulary {name!r} for tokenizer 'word'; expected 'shapes'")
+
+
 def make_tokenizer(config):
+  """config.tokenizer: 'byte', 'word' (over the vocabulary config.vocabulary names) or 'clip'."""
   if config.tokenizer == "byte":
     return tokenizers.ByteTokenizer(context_length=config.context_length)
+  if config.tokenizer == "word":
+    return tokenizers.WordTokenizer(_vocabulary(config.get("vocabulary", "shapes")),
+                                    context_length=config.context_length)
   if config.tokenizer == "clip":
     return tokenizers.ClipTokenizer(config.get("bpe_path") or None,
                                     context_length=config.context_length)
-  raise ValueError(f"unknown tokenizer {config.tokenizer!r}; expected 'byte' or 'clip'")
+  raise ValueError(f"unknown tokenizer {config.tokenizer!r}; expected 'byte', 'word' or 'clip'")
 
 
 def _model_kwargs(m):
@@ -69,11 +79,16 @@ class FusionClassifier(nn.Module):
 
 
 def _text_overrides(config) -> dict:
-  """The text tower reads config.context_length tokens (unless model.text says otherwise)."""
-  return {"context_length": config.context_length, **dict(config.model.get("text", {}))}
+  """The text tower reads config.context_length tokens (unless model.text says otherwise); with
+  the word tokenizer its vocabulary is the tokenizer's."""
+  vocab = ({"vocab_size": make_tokenizer(config).vocab_size} if config.get("tokenizer") == "word"
+           else {})
+  return {"context_length": config.context_length, **vocab, **dict(config.model.get("text", {}))}
 
 
 def build_model(config) -> nn.Module:
+  """The Flax module of config.task: a TwoTower (clip, siglip), TwoViewMlp (dcca) or
+  FusionClassifier (fusion), sized by config.model."""
   m = config.model
   if config.task in ("clip", "siglip"):
     return two_tower(m.preset, loss=config.task, lock=config.get("lock") or None,
@@ -84,7 +99,7 @@ def build_model(config) -> nn.Module:
   if config.task == "fusion":
     preset = PRESETS[m.preset]
     kw = _model_kwargs(m)
-    return FusionClassifier(ViT(**{**preset["image"], **kw, **dict(m.get("image", {}))}),
+    return FusionClassifier(image_encoder(m.preset, dict(m.get("image", {})), **kw),
                             TextTransformer(**{**preset["text"], **kw, **_text_overrides(config)}),
                             num_classes=m.num_classes, rank=m.rank, width=m.width)
   raise ValueError(f"unknown task {config.task!r}; expected one of {TASKS}")
@@ -104,6 +119,7 @@ def example_batch(config, batch_size: int = 1) -> dict:
 
 
 def init_fn(model: nn.Module, config):
+  """rng -> model.init(rng, example batch): the variables of `model` for config's input shapes."""
   batch = example_batch(config)
   if config.task == "dcca":
     return lambda rng: model.init(rng, batch["view1"], batch["view2"])
