@@ -4,10 +4,12 @@ Prepare once (per host, or on shared storage): the shards are read as streams, b
 Launch the same command on every host of a TPU pod slice (jax.distributed finds its peers), e.g.
 
     gcloud compute tpus tpu-vm ssh NAME --worker=all --command \
-      "cd mmjax && python train.py --config configs/cc3m_clip_b16.py --workdir gs://BUCKET/cc3m_b16"
+      "cd mmjax && python train.py --config configs/cc3m_clip_b16.py --workdir /mnt/shared/cc3m_b16"
 
 or on a SLURM GPU cluster with one task per host (srun python train.py ...). Each host reads its
-own share of the records; checkpoints and metrics go to the (shared) workdir.
+own share of the records; checkpoints and metrics go to the workdir, which must be a path on
+storage every host mounts at the same place (NFS, Filestore, Lustre, or a bucket through gcsfuse;
+not a gs:// URL). Step by step: docs/guides/launch_tpu_pod.md and docs/guides/launch_slurm.md.
 """
 import ml_collections
 

@@ -2,9 +2,10 @@
 OpenCLIP recipe's scale (global batch 32k, the chunked contrastive loss keeps the B x B logits off
 every device).
 
-    python train.py --config configs/laion_clip_b16.py --workdir gs://BUCKET/laion_b16
+    python train.py --config configs/laion_clip_b16.py --workdir /mnt/shared/laion_b16
 
-Run the same command on every host (see configs/cc3m_clip_b16.py for launching on a pod / SLURM).
+Run the same command on every host, with the workdir on storage all hosts mount (see
+configs/cc3m_clip_b16.py and docs/guides/launch_tpu_pod.md for launching on a pod / SLURM).
 """
 from configs import cc3m_clip_b16
 

@@ -69,6 +69,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of an array held whole by every device of the mesh (P())."""
   return NamedSharding(mesh, P())
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -31,6 +31,7 @@ from mmjax.models.two_tower import TwoTower, l2_normalize
 from mmjax.models.vit import ViT
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 def _capture(model: nn.Module, variables, *args, keep, method=None, **kwargs) -> dict:

@@ -23,11 +23,15 @@ import jax.numpy as jnp
 from mmjax.align._utils import as_cost, batched, check_positive, float_dtype
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 class DTWOutput(NamedTuple):
-  value: Array   # (...,) minimum total cost of a warping path
-  path: Array    # (..., n, m) 1 on the cells of the optimal path, 0 elsewhere (cost dtype)
+  """What dtw returns: the optimal warping cost and path."""
+  value: jax.Array
+  """(...,) minimum total cost of a warping path."""
+  path: jax.Array
+  """(..., n, m) 1 on the cells of the optimal path, 0 elsewhere (in the cost's dtype)."""
 
 
 def squared_distances(x: Array, y: Array) -> Array:

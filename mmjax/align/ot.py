@@ -25,14 +25,21 @@ import jax.numpy as jnp
 from mmjax.align._utils import as_cost, batched, check_positive, float_dtype
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 class SinkhornOutput(NamedTuple):
-  plan: Array     # (..., n, m) transport plan P
-  f: Array        # (..., n) row potentials
-  g: Array        # (..., m) column potentials
-  cost: Array     # (...,) <P, C>, the transport cost of the plan
-  error: Array    # (...,) ||P 1 - a||_1 + ||P^T 1 - b||_1, the marginal violation
+  """What sinkhorn returns: the entropic transport plan, its dual potentials and diagnostics."""
+  plan: jax.Array
+  """(..., n, m) transport plan P."""
+  f: jax.Array
+  """(..., n) row potentials."""
+  g: jax.Array
+  """(..., m) column potentials."""
+  cost: jax.Array
+  """(...,) <P, C>, the transport cost of the plan."""
+  error: jax.Array
+  """(...,) ||P 1 - a||_1 + ||P^T 1 - b||_1, the marginal violation."""
 
 
 def _log_marginal(w, shape: tuple[int, ...], dtype, name: str) -> tuple[Array, Array]:

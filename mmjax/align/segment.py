@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from mmjax.align._utils import batched, check_positive, float_dtype
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 def _as_signal(x, where: str, *, batch: bool = True) -> Array:
@@ -147,9 +148,13 @@ def segment_means(x: Array, labels: Array, num_segments: int) -> Array:
 # ---------------------------------------------------------------------------------------- k-means
 
 class KMeansOutput(NamedTuple):
-  centroids: Array   # (k, d)
-  labels: Array      # (n,) int32 nearest centroid of each point
-  inertia: Array     # () sum of squared distances to the nearest centroid
+  """What kmeans returns: the codebook, each point's code and the clustering cost."""
+  centroids: jax.Array
+  """(k, d) cluster centres."""
+  labels: jax.Array
+  """(n,) int32 index of each point's nearest centroid."""
+  inertia: jax.Array
+  """() sum of squared distances of the points to their nearest centroid."""
 
 
 def _sq_dist(x: Array, c: Array) -> Array:

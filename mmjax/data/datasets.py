@@ -35,6 +35,7 @@ class TwoViewTransform(grain.MapTransform):
   """Digits two-view example -> {'view1', 'view2': float32 (S, S, 1), 'label'}."""
 
   def map(self, element):
+    """One digits example (dict of numpy) -> the float32 views and the label."""
     return {"view1": np.asarray(element["view1"], np.float32),
             "view2": np.asarray(element["view2"], np.float32),
             "label": np.asarray(element["label"])}

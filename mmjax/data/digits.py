@@ -50,6 +50,7 @@ class DigitsTwoViewConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
   def validate(self, n_images: int = 1797):
+    """Raises ValueError naming the field when the config cannot make a dataset from n_images."""
     if self.image_size != 8 and self.image_size < 10:
       raise ValueError(f"DigitsTwoViewConfig.image_size={self.image_size}: expected 8 or >= 10")
     if self.repeats < 1:

@@ -105,6 +105,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
   def validate(self):
+    """Raises ValueError naming the first field out of range."""
     if self.image_size < 64:
       raise ValueError(f"ShapesConfig.image_size={self.image_size}: expected >= 64")
     if self.max_objects not in (1, 2):

@@ -51,6 +51,7 @@ def source_examples(source) -> Iterator[dict]:
 
 
 def batch_devices(mesh: Mesh) -> int:
+  """Devices the batch is split over: the sizes of the mesh's 'data' and 'fsdp' axes multiplied."""
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
@@ -108,6 +109,7 @@ class ImageTransform(grain.MapTransform):
   label_key: str = "label"
 
   def map(self, element):
+    """{image_key: (H, W[, C]) image, label_key: label} -> {'image': (S, S, 3), 'label'}."""
     image = np.asarray(element[self.image_key])
     if image.dtype != np.uint8:
       image = np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

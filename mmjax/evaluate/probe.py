@@ -70,6 +70,7 @@ def probe_logits(params: dict, x) -> np.ndarray:
 
 
 def probe_accuracy(params: dict, x, y) -> float:
+  """Top-1 accuracy of a fitted probe on features x (n, d) with labels y (n,)."""
   return float(np.mean(np.argmax(probe_logits(params, x), axis=1) == np.asarray(y)))
 
 

@@ -106,6 +106,7 @@ def retrieval_plot(captions: Sequence[str], images, hits, path, title: str = "",
 
 
 def read_jsonl(path) -> list[dict]:
+  """The objects of a JSON-lines file (e.g. train.py's metrics.jsonl); [] if it does not exist."""
   path = pathlib.Path(path)
   if not path.exists():
     return []

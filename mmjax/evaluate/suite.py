@@ -45,6 +45,7 @@ class Context:
 
   @property
   def variables(self):
+    """{'params': params}, what model.apply takes."""
     return {"params": self.params}
 
 

@@ -19,11 +19,14 @@ import jax.numpy as jnp
 from mmjax.losses._utils import acc_dtype, check_pair, gather, global_mean, logits_of
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 def chunked_clip_loss(image_emb: Array, text_emb: Array, scale, *, block_size: int = 1024,
                       axis_name=None) -> Array:
-  """clip_loss computed blockwise: same value and gradient, O(B * block_size) temporary memory.
+  """clip_loss computed blockwise: same value and gradient, O(B * block_size) temporary memory
+  (Cheng et al. 2024, "Breaking the Memory Barrier: Near Infinite Batch Size Scaling for
+  Contrastive Loss", Inf-CL; the loss is CLIP's, Radford et al. 2021).
 
       loss = 1/(2B) * sum_i [ (logsumexp_j L_ij - L_ii) + (logsumexp_j L_ji - L_ii) ],  L = s X Y^T
 
@@ -157,7 +160,8 @@ _blockwise_lse.defvjp(_blockwise_lse_fwd, _blockwise_lse_bwd)
 
 
 def siglip_ring_loss(image_emb: Array, text_emb: Array, scale, bias, *, axis_name) -> Array:
-  """siglip_loss over the global batch with text shards passed around the device ring.
+  """siglip_loss over the global batch with text shards passed around the device ring (Zhai et al.
+  2023, "Sigmoid Loss for Language Image Pre-Training", Sec. 3.3).
 
   Same value and gradient as siglip_loss(..., axis_name) but each device holds only (b, b) logits
   and one text shard at a time: at step k it scores its images against the texts of device

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from mmjax.losses._utils import check_pair, gather, global_mean, logits_of
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 def _cross_entropy(logits: Array, labels: Array) -> Array:

@@ -28,6 +28,7 @@ from jax.scipy.linalg import solve_triangular
 from mmjax.losses._utils import acc_dtype as _acc_dtype
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CCA_OBJECTIVES = ("trace", "topk", "squares")

@@ -15,6 +15,7 @@ from mmjax.losses._utils import logits_of
 from mmjax.losses.contrastive import clip_loss, nt_xent_loss
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 def orthogonality_loss(shared: Array, unique: Array) -> Array:
@@ -38,7 +39,8 @@ def orthogonality_loss(shared: Array, unique: Array) -> Array:
 def factorized_loss(shared_a: Array, shared_b: Array, unique_a: Array, unique_a_aug: Array,
                     unique_b: Array, unique_b_aug: Array, scale, *, unique_weight: float = 1.0,
                     orthogonality_weight: float = 0.0) -> Array:
-  """Shared + unique contrastive objective (FactorCL-style):
+  """Shared + unique contrastive objective, FactorCL-style (Liang et al. 2023, "Factorized
+  Contrastive Learning: Going Beyond Multi-view Redundancy"; orthogonality: Bousmalis et al. 2016):
 
       loss = clip(Z^s_a, Z^s_b)                                   cross-modal, shared
            + w_u [nt_xent(Z^u_a, Z^u_a') + nt_xent(Z^u_b, Z^u_b')]  unimodal, unique (two augmentations)

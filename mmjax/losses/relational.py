@@ -14,10 +14,14 @@ import jax.numpy as jnp
 from mmjax.losses._utils import logits_of
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 def relational_loss(x: Array, y: Array, *, scale=10.0, kind: str = "kl") -> Array:
-  """Aligns the within-modality similarities S_x = X X^T and S_y = Y Y^T (diagonal excluded).
+  """Aligns the within-modality similarities S_x = X X^T and S_y = Y Y^T (diagonal excluded): the
+  structure-preserving objective of Wang et al. 2016 ("Learning Deep Structure-Preserving
+  Image-Text Embeddings") and the relational distillation of Park et al. 2019 ("Relational
+  Knowledge Distillation").
 
   kind="kl": row distributions P_x[i] = softmax_{j != i}(scale * S_x[i, j]) (P_y likewise) and
       loss = 1/B sum_i 1/2 [KL(P_x[i] || P_y[i]) + KL(P_y[i] || P_x[i])]

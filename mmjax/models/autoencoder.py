@@ -40,10 +40,15 @@ def _sq_error(a, b):
 
 
 class DCCAEOutput(NamedTuple):
-  zx: jax.Array          # (n, latent_dim) f(x)
-  zy: jax.Array          # (n, latent_dim) g(y)
-  x_rec: jax.Array       # (n, x_dim) p(f(x))
-  y_rec: jax.Array       # (n, y_dim) q(g(y))
+  """What DCCAE returns: both latent codes and both reconstructions."""
+  zx: jax.Array
+  """(n, latent_dim) f(x)."""
+  zy: jax.Array
+  """(n, latent_dim) g(y)."""
+  x_rec: jax.Array
+  """(n, x_dim) p(f(x)), the reconstruction of x."""
+  y_rec: jax.Array
+  """(n, y_dim) q(g(y)), the reconstruction of y."""
 
 
 class DCCAE(nn.Module):
@@ -104,9 +109,13 @@ def dccae_loss(outputs: DCCAEOutput, x, y, lam: float, *, objective: str = "trac
 
 
 class BimodalOutput(NamedTuple):
-  shared: jax.Array      # (..., n, shared_dim) the shared representation
-  x_rec: jax.Array       # (..., n, x_dim)
-  y_rec: jax.Array       # (..., n, y_dim)
+  """What BimodalAutoencoder returns: the shared code and both reconstructions."""
+  shared: jax.Array
+  """(..., n, shared_dim) the shared representation."""
+  x_rec: jax.Array
+  """(..., n, x_dim) the reconstruction of x."""
+  y_rec: jax.Array
+  """(..., n, y_dim) the reconstruction of y."""
 
 
 class BimodalAutoencoder(nn.Module):

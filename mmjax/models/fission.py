@@ -19,8 +19,11 @@ from mmjax.models.two_tower import l2_normalize
 
 
 class FactorizedOutput(NamedTuple):
-  shared: tuple[jax.Array, ...]   # per modality, (B, shared_dim) L2-normalised float32
-  unique: tuple[jax.Array, ...]   # per modality, (B, unique_dim) L2-normalised float32
+  """What FactorizedHeads returns: one shared and one unique embedding per modality."""
+  shared: tuple[jax.Array, ...]
+  """Per modality, (B, shared_dim) L2-normalised float32."""
+  unique: tuple[jax.Array, ...]
+  """Per modality, (B, unique_dim) L2-normalised float32."""
 
 
 class FactorizedHeads(nn.Module):

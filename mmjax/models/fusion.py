@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from mmjax.models.transformer import Dtype, LayerNorm, activation, logical
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 GATES = ("sigmoid", "softmax")
 WEIGHTINGS = ("mean", "learned")
 

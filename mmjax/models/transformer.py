@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+"""@private The type of dtype arguments (a numpy or jax dtype)."""
 
 ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
@@ -37,6 +38,7 @@ def logical(init, *names):
 
 
 def activation(name: str):
+  """The activation function called `name` (a key of ACTIVATIONS); ValueError listing them."""
   if name not in ACTIVATIONS:
     raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
@@ -45,7 +47,9 @@ def activation(name: str):
 class LayerNorm(nn.LayerNorm):
   """nn.LayerNorm with logically named scale and bias, reductions in fp32."""
   scale_init: Any = logical(nn.initializers.ones, "embed")
+  """@private ones, with the logical axis name 'embed'."""
   bias_init: Any = logical(nn.initializers.zeros, "embed")
+  """@private zeros, with the logical axis name 'embed'."""
 
 
 class Mlp(nn.Module):

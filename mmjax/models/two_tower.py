@@ -24,6 +24,7 @@ LOCKS = (None, "image", "text")
 
 
 class TwoTowerOutput(NamedTuple):
+  """TwoTower's outputs for a batch of B pairs: unit-norm embeddings of width E, scale and bias."""
   image: jax.Array              # (B, E) L2-normalised, float32
   text: jax.Array               # (B, E) L2-normalised, float32
   scale: jax.Array              # () exp(t), clamped at max_scale
@@ -91,6 +92,7 @@ class TwoTower(nn.Module):
     return l2_normalize(self.text_proj(features))
 
   def scale(self) -> jax.Array:
+    """The logit scale exp(t) as a () float32, clamped at max_scale (CLIP clamps at 100)."""
     return jnp.minimum(jnp.exp(self.logit_scale), self.max_scale)
 
   def __call__(self, images, tokens) -> TwoTowerOutput:

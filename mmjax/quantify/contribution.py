@@ -23,6 +23,7 @@ import numpy as np
 from mmjax.quantify.emap import accuracy
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 BASELINES = ("zero", "mean")
 
 

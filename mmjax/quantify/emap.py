@@ -26,11 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+"""@private The type of array arguments (jax.Array)."""
 
 
 class EmapOutput(NamedTuple):
-  projection: Array   # (N, ...) f_hat(a_i, b_i), the additive projection
-  logits: Array       # (N, ...) f(a_i, b_i), the model's own logits
+  """What emap returns: the additive projection of a model's logits, beside the logits."""
+  projection: jax.Array
+  """(N, ...) f_hat(a_i, b_i), the empirical multimodally-additive projection."""
+  logits: jax.Array
+  """(N, ...) f(a_i, b_i), the model's own logits."""
 
 
 def emap_projection(pair_logits: Array) -> Array:
@@ -128,6 +132,7 @@ def predictions(logits: Array) -> np.ndarray:
 
 
 def accuracy(logits: Array, labels: Array) -> float:
+  """Accuracy of (N, C) logits (or (N,) binary logits) against (N,) int labels."""
   labels = np.asarray(labels)
   if labels.shape != np.shape(logits)[:1]:
     raise ValueError(f"labels have shape {labels.shape}, expected ({np.shape(logits)[0]},) like "

@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 
 def manager(workdir: str | pathlib.Path, *, keep: int, every: int,
             async_save: bool = True) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager for workdir/checkpoints: items 'state', 'data' and 'config',
+  `keep` latest steps kept, a save every `every` steps, asynchronous unless async_save=False."""
   path = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                          enable_async_checkpointing=async_save, create=True)

@@ -24,6 +24,7 @@ def mesh_of(params):
 
 
 def evaluate(config, model, params, builder, tokenizer) -> dict[str, float]:
+  """The end-of-training metrics of config.task on config.dataset.eval_splits, {name: value}."""
   ctx = suite.Context(model, params, mesh_of(params), tokenizer,
                       image_size=config.dataset.get("image_size", 64),
                       batch_size=config.get("eval_batch_size", 500))

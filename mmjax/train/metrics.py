@@ -22,6 +22,7 @@ class MetricWriter:
       self._tb = None
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
+    """Appends {'step': step, **scalars} to metrics.jsonl and each scalar to TensorBoard."""
     if not self._enabled:
       return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -32,6 +33,7 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
+    """Closes both files (metrics.jsonl and the TensorBoard writer)."""
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
