@@ -43,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mmjax import align, quantify  # noqa: E402
 from mmjax.data import shapes, tokenizers  # noqa: E402
-from mmjax.data.pipeline import CLIP_MEAN, CLIP_STD  # noqa: E402
+from mmjax.data.pipeline import normalize  # noqa: E402
 from mmjax.losses import clip_loss  # noqa: E402
 from mmjax.models import LateFusion, MlpEncoder, TensorFusion, two_tower  # noqa: E402
 
@@ -142,11 +142,6 @@ def demo_continuous(args) -> dict:
 
 # ---------------------------------------------------------------------------------------- words
 
-def _normalise(images: np.ndarray) -> np.ndarray:
-  """uint8 (B, S, S, 3) -> float32, as pipeline.ImageTextTransform does for evaluation."""
-  return ((images.astype(np.float32) / 255.0 - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD))
-
-
 def render(split: str, count: int, *, seed: int, two_objects: bool = False, start: int = 0):
   """Shapes examples straight from the generator (no prepared dataset needed)."""
   config = shapes.ShapesConfig(name=f"demo{seed}", seed=seed, max_objects=2)
@@ -168,7 +163,7 @@ def train_two_tower(args):
   tokenizer = tokenizers.ByteTokenizer(context_length=64)
   start = time.perf_counter()
   data = render("train", args.train_examples, seed=0)
-  images = _normalise(np.stack([e["image"] for e in data]))
+  images = normalize(np.stack([e["image"] for e in data]))
   tokens = tokenizer([e["caption"] for e in data])
   params = jax.jit(model.init)(jax.random.key(args.seed), images[:2], tokens[:2])["params"]
   params = nn.unbox(params)
@@ -228,7 +223,7 @@ def demo_words(args) -> dict:
   model, variables, tokenizer, source = (load_workdir(args.workdir) if args.workdir
                                          else train_two_tower(args))
   data = render("train", args.eval_images, seed=args.seed + 1000, two_objects=True)
-  images = _normalise(np.stack([e["image"] for e in data]))
+  images = normalize(np.stack([e["image"] for e in data]))
   size, patch = images.shape[1], model.image_encoder.patch_size
   grid = size // patch
   centres = (np.stack(np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij"), -1)

@@ -35,6 +35,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
+              std: Sequence[float] = CLIP_STD) -> np.ndarray:
+  """uint8 (..., 3) images -> float32 (x / 255 - mean) / std per channel (CLIP's statistics)."""
+  return (np.asarray(images).astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+
+
 def prepare(builder_cls, data_dir: str | pathlib.Path, *, download: bool = True, **builder_kwargs):
   """The builder, prepared once under data_dir (no network: every mmjax builder generates or reads
   local files). With download=False a missing dataset is an error naming the directory."""
@@ -112,7 +118,7 @@ class ImageTextTransform(grain.RandomMapTransform):
       image = random_resized_crop(image, self.image_size, rng, self.crop_scale)
     else:
       image = resize_center_crop(image, self.image_size)
-    image = (image.astype(np.float32) / 255.0 - np.float32(self.mean)) / np.float32(self.std)
+    image = normalize(image, self.mean, self.std)
     caption = element[self.text_key]
     caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
     out = {"image": image, "tokens": np.asarray(self.tokenizer([caption])[0], np.int32)}

@@ -114,6 +114,5 @@ class ImageTransform(grain.MapTransform):
     if image.dtype != np.uint8:
       image = np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     image = pipeline.resize_center_crop(pipeline.as_rgb(image), self.image_size)
-    image = image.astype(np.float32) / 255.0
-    image = (image - np.float32(pipeline.CLIP_MEAN)) / np.float32(pipeline.CLIP_STD)
+    image = pipeline.normalize(image)
     return {"image": image, "label": np.asarray(element[self.label_key])}
