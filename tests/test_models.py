@@ -1,5 +1,7 @@
 """Encoders and the two-tower model: parameter counts, numerics against numpy, scan/remat/padding
 equivalences, LiT locking, and sharded initialisation on the 8-device mesh."""
+import itertools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -239,17 +241,69 @@ def test_convnet_shapes_pooling_and_translation_invariance():
   patch = rng.normal(size=(9, 9, 3)).astype(np.float32)
   images[0, 40:49, 36:45] = patch
   images[1, 40 + 16:49 + 16, 36 + 48:45 + 48] = patch  # moved by multiples of the total stride 16
-  for pool in ("max", "mean"):
-    net = ConvNet(channels=(8, 16, 16, 24), pool=pool)
+  for pool, hue_pool in itertools.product(("max", "mean"), (False, True)):
+    net = ConvNet(channels=(8, 16, 16, 24), pool=pool, hue_pool=hue_pool)
     params = net.init(jax.random.key(0), images)
     out = np.asarray(net.apply(params, images))
-    assert out.shape == (2, 24)
+    assert out.shape == (2, 24 + 8 * hue_pool)
     np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
     assert np.abs(out).sum() > 0
   with pytest.raises(ValueError, match="pool"):
     ConvNet(pool="sum").init(jax.random.key(0), images)
   with pytest.raises(ValueError, match="batch, height, width"):
     ConvNet().init(jax.random.key(0), images[0])
+
+
+def _convnet_numpy(params: dict, images: np.ndarray, pool: str, hue_pool: bool) -> np.ndarray:
+  """float64 numpy ConvNet: 3x3 stride-2 convolutions (padding 1) + ReLU, then pooling; with
+  hue_pool the first layer is max-pooled over the 3 cyclic RGB permutations and pooled pointwise
+  colour features are appended."""
+  def conv_relu(x, layer):
+    k, b = (np.asarray(params[layer][n], np.float64) for n in ("kernel", "bias"))
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+    out = sum(xp[:, di:di + 2 * h:2, dj:dj + 2 * w:2] @ k[di, dj] for di in range(3) for dj in range(3))
+    return np.maximum(out + b, 0)
+  reduce = (lambda y: y.max((1, 2))) if pool == "max" else (lambda y: y.mean((1, 2)))
+  x = images.astype(np.float64)
+  colour = None
+  if hue_pool:   # pointwise colour layer on the pixels the stride-2 outputs are centred on
+    k, b = (np.asarray(params["colour"][n], np.float64) for n in ("kernel", "bias"))
+    colour = np.maximum(x[:, ::2, ::2] @ k + b, 0)
+  for i in range(len([n for n in params if n.startswith("conv_")])):
+    if hue_pool and i == 0:
+      x = np.max([conv_relu(np.roll(x, k, axis=-1), "conv_0") for k in range(3)], axis=0)
+    else:
+      x = conv_relu(x, f"conv_{i}")
+  return reduce(x) if colour is None else np.concatenate([reduce(x), reduce(colour)], -1)
+
+
+@pytest.mark.parametrize("pool", ["max", "mean"])
+@pytest.mark.parametrize("hue_pool", [False, True])
+def test_convnet_matches_float64_numpy(pool, hue_pool):
+  from mmjax.models.cnn import ConvNet  # pylint: disable=import-outside-toplevel
+  images = np.random.default_rng(1).normal(size=(3, 19, 22, 3)).astype(np.float32)  # odd sizes
+  net = ConvNet(channels=(6, 8, 5), pool=pool, hue_pool=hue_pool)
+  params = jax.tree.map(lambda p: p + 0.1, nn.unbox(net.init(jax.random.key(2), images)))
+  out = np.asarray(net.apply(params, images))
+  assert out.shape == (3, 5 + 6 * hue_pool)
+  expected = _convnet_numpy(params["params"], images, pool, hue_pool)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_convnet_hue_pool_is_invariant_to_the_rgb_rotation_and_keeps_colour():
+  from mmjax.models.cnn import ConvNet  # pylint: disable=import-outside-toplevel
+  images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  net = ConvNet(channels=(8, 16, 12), hue_pool=True)
+  params = net.init(jax.random.key(0), images)
+  out = np.asarray(net.apply(params, images))
+  for k in (1, 2):   # red -> green -> blue: the same three first-layer inputs in another order
+    rolled = np.asarray(net.apply(params, np.roll(images, k, axis=-1)))
+    np.testing.assert_allclose(rolled[:, :12], out[:, :12], rtol=1e-6, atol=1e-6)  # shape part
+    assert np.abs(rolled[:, 12:] - out[:, 12:]).max() > 1e-2                      # colour part
+  with pytest.raises(ValueError, match=r"hue_pool=True\) expects RGB images \(3 channels\), got "
+                     r"shape \(4, 32, 32, 1\)"):
+    net.init(jax.random.key(0), images[..., :1])
 
 
 def test_two_tower_with_cnn_image_tower_and_bad_arch():

@@ -127,7 +127,7 @@ def image_encoder(preset: str, overrides=None, *, dtype: Dtype = jnp.float32,
                   param_dtype: Dtype = jnp.float32, implementation: str | None = None,
                   remat: str = "none", scan: bool = False) -> nn.Module:
   """The image tower of a preset: its ViT with `overrides` replacing fields, or, when overrides
-  holds arch='cnn', a ConvNet built from the other overrides (channels, pool)."""
+  holds arch='cnn', a ConvNet built from the other overrides (channels, pool, hue_pool)."""
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
   overrides = dict(overrides or {})
