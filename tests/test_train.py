@@ -1,8 +1,10 @@
 """Training: each config's tiny variant on the 8-device mesh, sharded == single-device steps, exact
-resume after a kill, torn checkpoints, restore onto another mesh, non-finite losses, two processes."""
+resume after a kill, SIGTERM saves and exits, torn checkpoints, restore onto another mesh,
+non-finite losses, two processes."""
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +151,31 @@ def test_killed_run_resumes_to_the_same_params(data_dir, tmp_path):
   for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "killed", 9, data_dir)),
                   jax.tree.leaves(_final_params(tmp_path / "straight", 9, data_dir))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes(data_dir, tmp_path):
+  proc = _run_cli(tmp_path, data_dir, "--config.total_steps=100000",
+                  "--config.checkpoint_every=100000", "--config.log_every=2", wait=False)
+  deadline, metrics = time.time() + 600, tmp_path / "metrics.jsonl"
+  while not (metrics.exists() and metrics.read_text().strip()):   # past compilation, training
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  match = re.search(r"SIGTERM: saved step (\d+) to ", out)
+  assert match, out
+  step = int(match.group(1))
+  assert 2 <= step < 100000
+  assert checkpoint.manager(tmp_path, keep=2, every=1).latest_step() == step
+  mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  state, _ = _restore(tmp_path, step, _tiny(shapes_clip, data_dir), mesh)
+  assert int(state.step) == step
+  proc = _run_cli(tmp_path, data_dir, f"--config.total_steps={step + 2}", wait=False)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  assert f"at step {step}" in out and "resumed from" in out, out
+  assert checkpoint.manager(tmp_path, keep=2, every=1).latest_step() == step + 2
 
 
 def test_torn_checkpoint_is_ignored_and_restore_works_on_another_mesh(data_dir, tmp_path):
