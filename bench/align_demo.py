@@ -41,6 +41,8 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import _common as common  # noqa: E402  (bench/ is on sys.path when this script runs)
+
 from mmjax import align, quantify  # noqa: E402
 from mmjax.data import shapes, tokenizers  # noqa: E402
 from mmjax.data.pipeline import normalize  # noqa: E402
@@ -49,9 +51,11 @@ from mmjax.models import LateFusion, MlpEncoder, TensorFusion, two_tower  # noqa
 
 
 def table(title: str, header: list[str], rows: list[list]) -> None:
-  print(f"\n{title}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+  """A titled markdown table, floats to 3 decimals."""
+  print(f"\n{title}")
+  common.print_header(header)
   for r in rows:
-    print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    common.print_row([common.fmt(v, 3) if isinstance(v, float) else v for v in r])
 
 
 # ----------------------------------------------------------------------------------- continuous
