@@ -93,7 +93,8 @@ def train_and_evaluate(config, workdir) -> dict:
     state, metrics = train_step(state, next(batches))
     pending.append((step, metrics))
     images += config.batch_size
-    due_save = step % config.checkpoint_every == 0 or step == config.total_steps or stop.is_set()
+    stopping = stop.is_set()   # read once: a SIGTERM between two reads would skip the save
+    due_save = step % config.checkpoint_every == 0 or step == config.total_steps or stopping
     if step % config.log_every == 0 or due_save:
       values = _check_finite(pending, mngr)
       pending = []
@@ -104,7 +105,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if due_save:
       checkpoint.save(mngr, step, state, batches.get_state(), config, force=True)
     progress.update(1)
-    if stop.is_set():
+    if stopping:
       mngr.wait_until_finished()
       progress.close()
       print(f"SIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting", flush=True)
