@@ -178,6 +178,28 @@ def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes(data_dir, tmp_
   assert checkpoint.manager(tmp_path, keep=2, every=1).latest_step() == step + 2
 
 
+def test_sigterm_handled_during_a_log_step_still_saves(data_dir, tmp_path, monkeypatch):
+  """The signal arrives while step 2 logs (after the loop decided not to save step 2): the run
+  must save the step it reports, never report a step it did not save."""
+  config = _tiny(shapes_clip, data_dir, total_steps=50, checkpoint_every=50, log_every=2)
+  config.dataset.eval_splits = ()
+  check = train._check_finite
+
+  def check_then_sigterm(pending, mngr):
+    values = check(pending, mngr)
+    os.kill(os.getpid(), signal.SIGTERM)   # handled by train.py's handler before the next line
+    return values
+
+  monkeypatch.setattr(train, "_check_finite", check_then_sigterm)
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    result = train.train_and_evaluate(config, tmp_path)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert result["stopped_at"] < 50
+  assert checkpoint.manager(tmp_path, keep=2, every=1).latest_step() == result["stopped_at"]
+
+
 def test_torn_checkpoint_is_ignored_and_restore_works_on_another_mesh(data_dir, tmp_path):
   config = _tiny(shapes_clip, data_dir, total_steps=6, checkpoint_every=3)
   config.dataset.eval_splits = ()
