@@ -356,6 +356,6 @@ def test_shapes_vocabulary_covers_every_caption_and_prompt():
   texts = [shapes.render_example(config, split, i)["caption"]
            for split in ("train", "test", "test_unseen") for i in range(150)]
   texts += [t.format(n) for n in shapes.CLASS_NAMES for t in shapes.TEMPLATES]
-  ids = tok([t.decode() if isinstance(t, bytes) else t for t in texts])
+  ids = tok(texts)
   assert not (ids == tok.unk_token_id).any()
   assert (ids == tok.eot_token_id).sum() == len(texts)    # nothing was cut at 40 tokens
