@@ -30,7 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 from mmjax import losses
 from mmjax.evaluate import retrieval_metrics
-from mmjax.models import MlpEncoder, l2_normalize
+from mmjax.models import MlpEncoder
+from mmjax.similarity import l2_normalize
 
 
 def make_data(rng: np.random.Generator, n: int, latent: int = 8, dim_a: int = 32, dim_b: int = 24):

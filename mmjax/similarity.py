@@ -1,5 +1,7 @@
-"""Pairwise similarities, kernels and centred kernel alignment.
+"""Pairwise similarities, distances, kernels and centred kernel alignment.
 
+  l2_normalize(x)                             x / ||x|| over the last axis
+  squared_distances(x, y)                     ||x_i - y_j||^2, batched over leading axes
   dot_similarity(x, y)                        x_i . y_j
   cosine_similarity(x, y)                     x_i . y_j / (||x_i|| ||y_j||)
   rbf_kernel(x, y, gamma=None)                exp(-gamma ||x_i - y_j||^2), gamma = 1/d by default
@@ -18,18 +20,53 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmjax._dtypes import upcast
+
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
-__all__ = ["dot_similarity", "cosine_similarity", "rbf_kernel", "polynomial_kernel", "cka",
-           "linear_cka", "rbf_cka"]
+__all__ = ["l2_normalize", "squared_distances", "dot_similarity", "cosine_similarity",
+           "rbf_kernel", "polynomial_kernel", "cka", "linear_cka", "rbf_cka"]
 
 
-def _upcast(*xs: Array) -> list[Array]:
-  dtype = jnp.promote_types(jnp.result_type(*xs), jnp.float32)
-  return [jnp.asarray(x).astype(dtype) for x in xs]
+def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
+  """x / max(||x||_2, eps) over the last axis, in float32 (float64 stays float64).
+
+  (..., D) -> (..., D); a row of norm below eps is scaled by 1/eps instead (no NaN at 0).
+  """
+  x = upcast(x)[0]
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps ** 2))
+
+
+def squared_distances(x: Array, y: Array) -> Array:
+  """Pairwise squared Euclidean distances, batched over any leading axes:
+
+      C_ij = ||x_i - y_j||^2 = ||x_i||^2 + ||y_j||^2 - 2 x_i . y_j,   clipped at 0,
+  after centring both sets on the mean of y (distances do not change; the norms, and so the
+  cancellation in the difference, stay small for data far from the origin). The matmul runs at
+  Precision.HIGHEST, so memory is O(n m), never O(n m d).
+
+  Args:
+    x: (..., n, d); y: (..., m, d) with the same d (leading axes broadcast). Two 1-D sequences
+      (n,) and (m,) are read as d = 1.
+
+  Returns:
+    (..., n, m) in float32 (float64 when an input is float64).
+  """
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.ndim == 1 and y.ndim == 1:
+    x, y = x[:, None], y[:, None]
+  if x.ndim < 2 or y.ndim < 2 or x.shape[-1] != y.shape[-1]:
+    raise ValueError(f"squared_distances expects x (..., n, d) and y (..., m, d) with the same d, "
+                     f"got shapes {x.shape} and {y.shape}")
+  x, y = upcast(x, y)
+  centre = jnp.mean(y, axis=-2, keepdims=True)                      # (..., 1, d)
+  x, y = x - centre, y - centre
+  cross = jnp.matmul(x, jnp.swapaxes(y, -1, -2), precision=_HIGHEST)  # (..., n, d) @ (..., d, m)
+  sq = jnp.sum(x * x, axis=-1)[..., :, None] + jnp.sum(y * y, axis=-1)[..., None, :] - 2 * cross
+  return jnp.maximum(sq, 0)
 
 
 def _pair(x: Array, y: Array) -> tuple[Array, Array]:
@@ -37,20 +74,11 @@ def _pair(x: Array, y: Array) -> tuple[Array, Array]:
   if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
     raise ValueError(f"x and y must be (n, d) and (m, d) arrays with the same feature dim d, got "
                      f"shapes {x.shape} and {y.shape}")
-  return tuple(_upcast(x, y))
+  return tuple(upcast(x, y))
 
 
 def _dot(x: Array, y: Array) -> Array:
   return jnp.matmul(x, y.T, precision=_HIGHEST)            # (n, d) @ (d, m) -> (n, m)
-
-
-def _sq_distances(x: Array, y: Array) -> Array:
-  """||x_i - y_j||^2 = ||x_i||^2 + ||y_j||^2 - 2 x_i . y_j, clipped at 0.
-
-  (n, d), (m, d) -> (n, m).
-  """
-  sq = jnp.sum(x * x, axis=1)[:, None] + jnp.sum(y * y, axis=1)[None, :] - 2 * _dot(x, y)
-  return jnp.maximum(sq, 0)
 
 
 def dot_similarity(x: Array, y: Array) -> Array:
@@ -65,16 +93,14 @@ def cosine_similarity(x: Array, y: Array, *, eps: float = 1e-12) -> Array:
   Norms below eps count as eps, so a zero row has similarity 0 with everything (as sklearn).
   """
   x, y = _pair(x, y)
-  x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), eps)
-  y = y / jnp.maximum(jnp.linalg.norm(y, axis=1, keepdims=True), eps)
-  return _dot(x, y)
+  return _dot(l2_normalize(x, eps), l2_normalize(y, eps))
 
 
 def rbf_kernel(x: Array, y: Array, gamma: float | None = None) -> Array:
   """Gaussian kernel exp(-gamma ||x_i - y_j||^2): (n, d), (m, d) -> (n, m); gamma = 1/d if None."""
   x, y = _pair(x, y)
   gamma = 1.0 / x.shape[1] if gamma is None else gamma
-  return jnp.exp(-gamma * _sq_distances(x, y))
+  return jnp.exp(-gamma * squared_distances(x, y))
 
 
 def polynomial_kernel(x: Array, y: Array, degree: int = 3, gamma: float | None = None,
@@ -111,7 +137,7 @@ def cka(kx: Array, ky: Array) -> Array:
   if kx.ndim != 2 or kx.shape[0] != kx.shape[1] or kx.shape != ky.shape:
     raise ValueError(f"kx and ky must be square (n, n) Gram matrices of the same n, got shapes "
                      f"{kx.shape} and {ky.shape}")
-  kx, ky = (_centre_gram(k) for k in _upcast(kx, ky))
+  kx, ky = (_centre_gram(k) for k in upcast(kx, ky))
   return jnp.sum(kx * ky) / (jnp.linalg.norm(kx) * jnp.linalg.norm(ky))
 
 
@@ -120,7 +146,7 @@ def _features(x: Array, y: Array) -> tuple[Array, Array]:
   if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
     raise ValueError(f"x and y must be (n, dx) and (n, dy) representations of the same n examples, "
                      f"got shapes {x.shape} and {y.shape}")
-  return tuple(_upcast(x, y))
+  return tuple(upcast(x, y))
 
 
 def linear_cka(x: Array, y: Array) -> Array:
@@ -157,6 +183,6 @@ def rbf_cka(x: Array, y: Array, *, threshold: float = 1.0) -> Array:
   """
   x, y = _features(x, y)
   def gram(z):
-    sq = _sq_distances(z, z)                               # (n, n)
+    sq = squared_distances(z, z)                           # (n, n)
     return jnp.exp(-sq / (2 * threshold ** 2 * jnp.median(sq)))
   return cka(gram(x), gram(y))

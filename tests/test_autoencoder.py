@@ -3,15 +3,15 @@ pass, a numpy CCA (symmetric inverse square roots by eigh, not mmjax's Cholesky 
 losses computed directly from the papers' formulas."""
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.losses import cca_loss
-from mmjax.models.autoencoder import (CONDITIONS, DCCAE, BimodalAutoencoder,
-                                      bimodal_reconstruction_loss, dccae_loss)
+from mmjax.losses import bimodal_reconstruction_loss, cca_loss, dccae_loss
+from mmjax.models.autoencoder import CONDITIONS, DCCAE, BimodalAutoencoder
 
 LOGICAL_NAMES = {"embed", "mlp", "heads", "kv", "vocab", "patch", "proj", "layers", "length",
                  "classes", "modality", None}
@@ -44,12 +44,12 @@ def _params64(name):
 
 def _dccae_objective(params, x, y, lam, dtype=jnp.float32):
   out = MODELS["dccae"].clone(dtype=dtype).apply({"params": params}, x, y)
-  return dccae_loss(out, x, y, lam, ridge=1e-3)
+  return dccae_loss(out.zx, out.zy, x, y, out.x_rec, out.y_rec, lam, ridge=1e-3)
 
 
 def _bimodal_objective(params, x, y, dtype=jnp.float32):
   out = MODELS["bimodal"].clone(dtype=dtype).apply({"params": params}, x, y, method="augmented")
-  return bimodal_reconstruction_loss(out, x, y)
+  return bimodal_reconstruction_loss(x, y, out.x_rec, out.y_rec)
 
 
 OBJECTIVES = {"dccae": lambda p, x, y, dtype=jnp.float32: _dccae_objective(p, x, y, 0.5, dtype),
@@ -129,23 +129,29 @@ def test_bf16_finite_under_jit(name):
 
 # ------------------------------------------------------------------ DCCAE
 
-def test_dccae_matches_numpy(x64):
-  """Outputs: f, g encode, p decodes f(x), q decodes g(y); loss: numpy CCA plus the reconstruction
-  errors, lam / n * sum_i (||x_i - p(f(x_i))||^2 + ||y_i - q(g(y_i))||^2)."""
+def _dccae64():
+  """float64 params, inputs, DCCAE outputs and the numpy codes f(x), g(y)."""
   p = _params64("dccae")
   x, y = X.astype(np.float64), Y.astype(np.float64)
   model = MODELS["dccae"].clone(dtype=jnp.float64)
   out = jax.jit(model.apply)({"params": p}, x, y)
-  zx, zy = np_mlp(p["f"], x), np_mlp(p["g"], y)
+  return p, x, y, out, np_mlp(p["f"], x), np_mlp(p["g"], y)
+
+
+def _bimodal64():
+  """float64 params, inputs and the augmented outputs (3, N, ...) of the bimodal autoencoder."""
+  p = _params64("bimodal")
+  x, y = X.astype(np.float64), Y.astype(np.float64)
+  model = MODELS["bimodal"].clone(dtype=jnp.float64)
+  out = jax.jit(functools.partial(model.apply, method="augmented"))({"params": p}, x, y)
+  return p, x, y, out
+
+
+def test_dccae_matches_numpy(x64):
+  """Outputs: f, g encode, p decodes f(x), q decodes g(y)."""
+  p, _, _, out, zx, zy = _dccae64()
   for a, b in zip(out, (zx, zy, np_mlp(p["p"], zx), np_mlp(p["q"], zy)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-  rec = (np.sum((x - out.x_rec) ** 2) + np.sum((y - out.y_rec) ** 2)) / N
-  for lam, objective, k in ((0.0, "trace", None), (0.3, "trace", None), (2.0, "topk", 2)):
-    got = jax.jit(functools.partial(dccae_loss, lam=lam, objective=objective, k=k, ridge=1e-3))(
-        out, x, y)
-    np.testing.assert_allclose(got, np_cca(zx, zy, 1e-3, k) + lam * rec, rtol=1e-10)
-    if lam == 0:                                                  # lam = 0 is Deep CCA
-      np.testing.assert_allclose(got, cca_loss(out.zx, out.zy, ridge=1e-3), rtol=1e-12)
 
 
 # ------------------------------------------------------------------ bimodal autoencoder
@@ -179,22 +185,48 @@ def test_bimodal_reconstructs_both_from_either_alone():
   assert np.max(np.abs(both.x_rec - only_x.x_rec)) > 1e-3          # y is used when present
 
 
-def test_bimodal_loss_averages_the_three_conditions(x64):
-  """augmented() stacks the three conditions; the loss is the mean over them of the per-example
-  squared error of both reconstructions, computed here from three separate numpy passes."""
-  p = _params64("bimodal")
-  x, y = X.astype(np.float64), Y.astype(np.float64)
-  model = MODELS["bimodal"].clone(dtype=jnp.float64)
-  out = jax.jit(functools.partial(model.apply, method="augmented"))({"params": p}, x, y)
+def test_bimodal_augmented_stacks_the_three_conditions(x64):
+  """augmented() stacks the three conditions: each slice matches a separate numpy pass."""
+  p, x, y, out = _bimodal64()
   assert out.x_rec.shape == (3, N, DX) and out.y_rec.shape == (3, N, DY)
-  expected = 0.0
   for c, present in enumerate(CONDITIONS):
-    ref = np_bimodal(p, x, y, present)
-    for a, b in zip(out, ref, strict=True):
+    for a, b in zip(out, np_bimodal(p, x, y, present), strict=True):
       np.testing.assert_allclose(a[c], b, rtol=1e-12, atol=1e-12)
-    expected += (np.sum((x - ref[1]) ** 2) + np.sum((y - ref[2]) ** 2)) / N / 3
-  np.testing.assert_allclose(jax.jit(bimodal_reconstruction_loss)(out, x, y), expected,
-                             rtol=1e-12)
+
+
+# ------------------------------------------------------------------ loss values, jitted and not
+
+class LossValuesTest(chex.TestCase):
+  """mmjax.losses.dccae_loss and bimodal_reconstruction_loss against the papers' formulas computed
+  in float64 numpy, with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_dccae_loss_matches_numpy(self):
+    """numpy CCA plus the reconstruction errors,
+    lam / n * sum_i (||x_i - p(f(x_i))||^2 + ||y_i - q(g(y_i))||^2)."""
+    with jax.enable_x64(True):
+      _, x, y, out, zx, zy = _dccae64()
+      rec = (np.sum((x - out.x_rec) ** 2) + np.sum((y - out.y_rec) ** 2)) / N
+      for lam, objective, k in ((0.0, "trace", None), (0.3, "trace", None), (2.0, "topk", 2)):
+        loss = self.variant(functools.partial(dccae_loss, lam=lam, objective=objective, k=k,
+                                              ridge=1e-3))
+        got = loss(out.zx, out.zy, x, y, out.x_rec, out.y_rec)
+        np.testing.assert_allclose(got, np_cca(zx, zy, 1e-3, k) + lam * rec, rtol=1e-10)
+        if lam == 0:                                              # lam = 0 is Deep CCA
+          np.testing.assert_allclose(got, cca_loss(out.zx, out.zy, ridge=1e-3), rtol=1e-12)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_bimodal_loss_averages_the_three_conditions(self):
+    """The mean over the three conditions of the per-example squared error of both
+    reconstructions, computed here from three separate numpy passes."""
+    with jax.enable_x64(True):
+      p, x, y, out = _bimodal64()
+      expected = 0.0
+      for present in CONDITIONS:
+        ref = np_bimodal(p, x, y, present)
+        expected += (np.sum((x - ref[1]) ** 2) + np.sum((y - ref[2]) ** 2)) / N / 3
+      got = self.variant(bimodal_reconstruction_loss)(x, y, out.x_rec, out.y_rec)
+      np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_errors_name_the_bad_input():
@@ -205,6 +237,7 @@ def test_errors_name_the_bad_input():
     MODELS["bimodal"].apply(params, X, Y[:-1])
   out = MODELS["dccae"].apply(nn.unbox(_variables("dccae")), X, Y)
   with pytest.raises(ValueError, match="do not match"):
-    dccae_loss(out, X, Y[:, :-1], 1.0)
+    dccae_loss(out.zx, out.zy, X, Y[:, :-1], out.x_rec, out.y_rec, 1.0)
+  plain = MODELS["bimodal"].apply(params, X, Y)
   with pytest.raises(ValueError, match="augmented"):
-    bimodal_reconstruction_loss(MODELS["bimodal"].apply(params, X, Y), X, Y)
+    bimodal_reconstruction_loss(X, Y, plain.x_rec, plain.y_rec)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmjax.data import image_text
+from mmjax.data import image_text, image_text_sources
 from mmjax.data.image_text import ImageText, expand_shards
 
 
@@ -204,9 +204,9 @@ def test_shard_specs(shards, tmp_path):
   assert expand_shards(str(root / "*.tar")) == both
   assert expand_shards([str(root / "00001.tar"), str(root / "0000[0].tar")]) == both[::-1]
   assert expand_shards(str(root / "{00000,00001}.tar")) == both
-  assert image_text._expand_braces("s{8..10}/{a,b}") == ["s8/a", "s8/b", "s9/a", "s9/b", "s10/a",
-                                                         "s10/b"]
-  assert image_text._expand_braces("{098..100}") == ["098", "099", "100"]
+  expand_braces = image_text_sources._expand_braces
+  assert expand_braces("s{8..10}/{a,b}") == ["s8/a", "s8/b", "s9/a", "s9/b", "s10/a", "s10/b"]
+  assert expand_braces("{098..100}") == ["098", "099", "100"]
   # A folder of shards is a source too; a truncated shard keeps what came before the break.
   folder = tmp_path / "mixed"
   folder.mkdir()

@@ -59,6 +59,49 @@ def test_rbf_kernel_of_a_set_with_itself_has_unit_diagonal(x64):
   np.testing.assert_allclose(np.diag(_jit(sim.rbf_kernel)(x, x)), 1.0, rtol=1e-12)
 
 
+# ------------------------------------------------------------------ normalisation and distances
+
+def np_squared_distances(x, y):
+  """By differences, in float64: no cancellation."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  return ((x[..., :, None, :] - y[..., None, :, :]) ** 2).sum(-1)
+
+
+def test_squared_distances_match_differences(x64):
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(2, 3, 6, 4)), rng.normal(size=(2, 3, 8, 4))
+  np.testing.assert_allclose(_jit(sim.squared_distances)(x, y), np_squared_distances(x, y),
+                             rtol=1e-12)
+  np.testing.assert_allclose(sim.squared_distances(x, y[0, 0]),           # leading axes broadcast
+                             np_squared_distances(x, np.broadcast_to(y[0, 0], (2, 3, 8, 4))),
+                             rtol=1e-12)
+  np.testing.assert_allclose(sim.squared_distances(x[0, 0, :, 0], y[0, 0, :, 0]),   # (n,), (m,)
+                             np_squared_distances(x[0, 0, :, :1], y[0, 0, :, :1]), rtol=1e-12)
+  np.testing.assert_allclose(np.diag(sim.squared_distances(x[0, 0], x[0, 0])), 0.0, atol=1e-14)
+
+
+def test_squared_distances_float32_far_from_the_origin():
+  """float32 data offset by 1000: the expansion ||x||^2 + ||y||^2 - 2 x.y alone would lose every
+  digit of distances of order 1 (float32 keeps ~7 of the ~1e6 of ||x||^2); centring keeps them."""
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(20, 3)), rng.normal(size=(30, 3))
+  got = jax.jit(sim.squared_distances)((x + 1000).astype(np.float32),
+                                       (y + 1000).astype(np.float32))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, np_squared_distances(x, y), rtol=1e-3, atol=1e-3)
+
+
+def test_l2_normalize(x64):
+  x, _ = _data(4)
+  x[2] = 0.0
+  got = _jit(sim.l2_normalize)(x)
+  norms = np.linalg.norm(x, axis=1, keepdims=True)
+  np.testing.assert_allclose(got, x / np.maximum(norms, 1e-6), rtol=1e-12)
+  np.testing.assert_array_equal(got[2], 0.0)                         # a zero row stays 0, no NaN
+  assert sim.l2_normalize(jnp.ones((2, 3), jnp.bfloat16)).dtype == jnp.float32
+  assert sim.l2_normalize(jnp.ones((2, 3), jnp.float64)).dtype == jnp.float64
+
+
 # ---------------------------------------------------------------------------------------- CKA
 
 def test_cka_matches_numpy_hsic(x64):
@@ -125,3 +168,5 @@ def test_errors_name_the_shapes():
     sim.linear_cka(x, np.ones((5, 3)))
   with pytest.raises(ValueError, match=r"\(4, 4\) and \(5, 5\)"):
     sim.cka(np.eye(4), np.eye(5))
+  with pytest.raises(ValueError, match=r"squared_distances .* \(4, 3\) and \(5, 2\)"):
+    sim.squared_distances(x, np.ones((5, 2)))

@@ -3,6 +3,7 @@
   discrete    ot: sinkhorn (entropic, unbalanced optional), hard_matching (exact assignment),
               ot_alignment_loss (word-region alignment)
   continuous  dtw: dtw (value and path), soft_dtw and its expected alignment, warping_curve;
+              squared_distances (from mmjax.similarity), the usual cost between sequences;
               segment: change_points (optimal segmentation), segment_means, kmeans, quantize
   attention   attention: capture_attention / attention_alignment (cross-attention weights),
               patch_embeddings / token_embeddings / span_embeddings and
@@ -14,11 +15,11 @@ attention, which apply a Flax model).
 from mmjax.align.attention import (attention_alignment, capture_attention, occlusion_alignment,
                                    patch_embeddings, similarity_alignment, span_embeddings,
                                    token_embeddings)
-from mmjax.align.dtw import (DTWOutput, dtw, soft_dtw, soft_dtw_alignment, squared_distances,
-                             warping_curve)
+from mmjax.align.dtw import DTWOutput, dtw, soft_dtw, soft_dtw_alignment, warping_curve
 from mmjax.align.ot import SinkhornOutput, hard_matching, ot_alignment_loss, sinkhorn
 from mmjax.align.segment import (KMeansOutput, change_points, kmeans, kmeans_plus_plus, quantize,
                                  segment_costs, segment_means)
+from mmjax.similarity import squared_distances
 
 __all__ = [
     "sinkhorn", "SinkhornOutput", "hard_matching", "ot_alignment_loss",

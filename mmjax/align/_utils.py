@@ -1,4 +1,4 @@
-"""Helpers shared by the alignment modules: dtypes, argument checks, batching over leading axes."""
+"""Helpers shared by the alignment modules: argument checks, batching over leading axes."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from mmjax._dtypes import at_least_float32
+
 Array = jax.Array
-
-
-def float_dtype(*xs):
-  """float32, or float64 when an input is float64 (integer inputs compute in float32)."""
-  return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
 
 
 def as_cost(cost, where: str) -> Array:
@@ -21,7 +18,7 @@ def as_cost(cost, where: str) -> Array:
   if cost.ndim < 2 or cost.shape[-1] < 1 or cost.shape[-2] < 1:
     raise ValueError(f"{where}: cost must be a (..., n, m) array with n, m >= 1, got shape "
                      f"{cost.shape}")
-  return cost.astype(float_dtype(cost))
+  return cost.astype(at_least_float32(cost))
 
 
 def check_positive(value, name: str, where: str) -> None:

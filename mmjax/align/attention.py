@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mmjax.models.common import LayerNorm
 from mmjax.models.text import TextTransformer
-from mmjax.models.transformer import Attention, LayerNorm
-from mmjax.models.two_tower import TwoTower, l2_normalize
+from mmjax.models.transformer import Attention
+from mmjax.models.two_tower import TwoTower
 from mmjax.models.vit import ViT
+from mmjax.similarity import l2_normalize
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""

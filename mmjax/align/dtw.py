@@ -1,6 +1,6 @@
 """Continuous alignment: dynamic time warping and soft-DTW.
 
-  squared_distances   pairwise cost ||x_i - y_j||^2 between two sequences
+  squared_distances   pairwise cost ||x_i - y_j||^2 between two sequences (mmjax.similarity)
   dtw                 DTW value and optimal warping path (Sakoe & Chiba 1978)
   soft_dtw            soft-DTW value, smooth in the cost (Cuturi & Blondel 2017, "Soft-DTW: a
                       Differentiable Loss Function for Time-Series")
@@ -20,7 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mmjax.align._utils import as_cost, batched, check_positive, float_dtype
+from mmjax._dtypes import at_least_float32
+from mmjax.align._utils import as_cost, batched, check_positive
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
@@ -32,21 +33,6 @@ class DTWOutput(NamedTuple):
   """(...,) minimum total cost of a warping path."""
   path: jax.Array
   """(..., n, m) 1 on the cells of the optimal path, 0 elsewhere (in the cost's dtype)."""
-
-
-def squared_distances(x: Array, y: Array) -> Array:
-  """C_ij = ||x_i - y_j||^2 by differences (exact, no cancellation):
-  (..., n, d), (..., m, d) -> (..., n, m); 1-D sequences (..., n) are read as d = 1 only when both
-  are given as (n,) and (m,)."""
-  x, y = jnp.asarray(x), jnp.asarray(y)
-  if x.ndim == 1 and y.ndim == 1:
-    x, y = x[:, None], y[:, None]
-  if x.ndim < 2 or y.ndim < 2 or x.shape[-1] != y.shape[-1]:
-    raise ValueError(f"squared_distances expects x (..., n, d) and y (..., m, d) with the same d, "
-                     f"got shapes {x.shape} and {y.shape}")
-  dtype = float_dtype(x, y)
-  diff = x.astype(dtype)[..., :, None, :] - y.astype(dtype)[..., None, :, :]   # (..., n, m, d)
-  return jnp.sum(diff * diff, axis=-1)
 
 
 def _shift(v: Array, first) -> Array:
@@ -174,5 +160,5 @@ def warping_curve(alignment: Array) -> Array:
   if alignment.ndim < 2:
     raise ValueError(f"warping_curve expects an alignment (..., n, m), got shape "
                      f"{alignment.shape}")
-  j = jnp.arange(alignment.shape[-1], dtype=float_dtype(alignment))
+  j = jnp.arange(alignment.shape[-1], dtype=at_least_float32(alignment))
   return jnp.sum(alignment * j, -1) / jnp.maximum(jnp.sum(alignment, -1), 1e-12)

@@ -22,7 +22,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mmjax.align._utils import as_cost, batched, check_positive, float_dtype
+from mmjax._dtypes import at_least_float32
+from mmjax.align._utils import as_cost, batched, check_positive
+from mmjax.similarity import l2_normalize
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
@@ -220,9 +222,8 @@ def hard_matching(cost: Array, *, maximize: bool = False) -> Array:
 
 def _cosine_cost(x: Array, y: Array) -> Array:
   """1 - cos(x_i, y_j): (..., n, d), (..., m, d) -> (..., n, m)."""
-  x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
-  y = y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, -1, keepdims=True), 1e-12))
-  return 1 - jnp.einsum("...nd,...md->...nm", x, y, precision=jax.lax.Precision.HIGHEST)
+  return 1 - jnp.einsum("...nd,...md->...nm", l2_normalize(x), l2_normalize(y),
+                       precision=jax.lax.Precision.HIGHEST)
 
 
 def _mask_weights(mask, shape, dtype, name):
@@ -261,7 +262,7 @@ def ot_alignment_loss(x: Array, y: Array, *, mask_x: Array | None = None,
   if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
     raise ValueError(f"ot_alignment_loss expects x (B, n, d) and y (B, m, d) with the same B and "
                      f"d, got shapes {x.shape} and {y.shape}")
-  dtype = float_dtype(x, y)
+  dtype = at_least_float32(x, y)
   cost = _cosine_cost(x.astype(dtype), y.astype(dtype))                # (B, n, m)
   a = _mask_weights(mask_x, x.shape[:2], dtype, "mask_x")
   b = _mask_weights(mask_y, y.shape[:2], dtype, "mask_y")

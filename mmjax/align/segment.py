@@ -20,7 +20,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mmjax.align._utils import batched, check_positive, float_dtype
+from mmjax._dtypes import at_least_float32
+from mmjax.align._utils import batched, check_positive
+from mmjax.similarity import squared_distances
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
@@ -33,7 +35,7 @@ def _as_signal(x, where: str, *, batch: bool = True) -> Array:
   if x.ndim < 2 or (not batch and x.ndim != 2) or x.shape[-2] < 1:
     want = "(..., n, d) or (n,)" if batch else "(n, d) or (n,)"
     raise ValueError(f"{where} expects a signal {want} with n >= 1, got shape {x.shape}")
-  return x.astype(float_dtype(x))
+  return x.astype(at_least_float32(x))
 
 
 def segment_costs(x: Array) -> Array:
@@ -157,13 +159,6 @@ class KMeansOutput(NamedTuple):
   """() sum of squared distances of the points to their nearest centroid."""
 
 
-def _sq_dist(x: Array, c: Array) -> Array:
-  """||x_i - c_j||^2: (n, d), (k, d) -> (n, k), clipped at 0."""
-  d = (jnp.sum(x * x, 1)[:, None] + jnp.sum(c * c, 1)[None, :]
-       - 2 * jnp.matmul(x, c.T, precision=jax.lax.Precision.HIGHEST))
-  return jnp.maximum(d, 0)
-
-
 def kmeans_plus_plus(x: Array, k: int, key: Array) -> Array:
   """k-means++ seeding (Arthur & Vassilvitskii 2007): the first centre uniformly, each next one
   with probability proportional to the squared distance to the nearest chosen centre.
@@ -173,14 +168,14 @@ def kmeans_plus_plus(x: Array, k: int, key: Array) -> Array:
   keys = jax.random.split(key, k)
   first = x[jax.random.randint(keys[0], (), 0, n)]
   centres = jnp.zeros((k,) + x.shape[1:], x.dtype).at[0].set(first)
-  nearest = _sq_dist(x, first[None])[:, 0]
+  nearest = squared_distances(x, first[None])[:, 0]
 
   def add(j, state):
     centres, nearest = state
     p = nearest / jnp.maximum(jnp.sum(nearest), jnp.finfo(x.dtype).tiny)
     p = jnp.where(jnp.sum(nearest) > 0, p, 1.0 / n)                   # all points already chosen
     c = x[jax.random.choice(keys[j], n, p=p)]
-    return centres.at[j].set(c), jnp.minimum(nearest, _sq_dist(x, c[None])[:, 0])
+    return centres.at[j].set(c), jnp.minimum(nearest, squared_distances(x, c[None])[:, 0])
 
   centres, _ = jax.lax.fori_loop(1, k, add, (centres, nearest))
   return centres
@@ -215,13 +210,13 @@ def kmeans(x: Array, k: int, *, key: Array | None = None, init: Array | None = N
     raise ValueError(f"kmeans: init has shape {init.shape}, expected (k, d) = {(k, d)}")
 
   def lloyd(_, c):
-    labels = jnp.argmin(_sq_dist(x, c), 1)
+    labels = jnp.argmin(squared_distances(x, c), 1)
     sums = jax.ops.segment_sum(x, labels, k)
     counts = jax.ops.segment_sum(jnp.ones((n,), x.dtype), labels, k)[:, None]
     return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), c)
 
   c = jax.lax.fori_loop(0, num_iters, lloyd, init)
-  dist = _sq_dist(x, c)
+  dist = squared_distances(x, c)
   return KMeansOutput(c, jnp.argmin(dist, 1).astype(jnp.int32), jnp.sum(jnp.min(dist, 1)))
 
 
@@ -232,4 +227,4 @@ def quantize(x: Array, centroids: Array) -> Array:
   if centroids.ndim != 2 or centroids.shape[1] != x.shape[-1]:
     raise ValueError(f"quantize: centroids must be (k, d) with d = {x.shape[-1]} like the signal "
                      f"{x.shape}, got {centroids.shape}")
-  return batched(lambda s: jnp.argmin(_sq_dist(s, centroids), 1).astype(jnp.int32), 2, x)
+  return jnp.argmin(squared_distances(x, centroids), -1).astype(jnp.int32)   # (..., n, k) -> (..., n)

@@ -24,7 +24,7 @@ def _objective(wb, x, y, weight, l2):
   """Weighted mean cross-entropy + l2/2 ||W||^2 of the linear model wb = (W (d, C), b (C,))."""
   w, b = wb
   logits = x @ w + b                                                      # (n, d) @ (d, C)
-  ce = jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)    # (n,)
   return jnp.sum(weight * ce) / jnp.sum(weight) + 0.5 * l2 * jnp.sum(w * w)
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.two_tower import l2_normalize
+from mmjax.similarity import l2_normalize
 
 # A few of CLIP's ImageNet prompts, for datasets that bring no templates of their own.
 GENERIC_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the small {}.",

@@ -1,4 +1,5 @@
-"""Alignment objectives: pure, jittable functions of arrays with no Flax state.
+"""Alignment objectives (and the autoencoders' reconstruction objectives): pure, jittable functions
+of arrays with no Flax state.
 
 Conventions shared by every loss here:
   * embeddings are batch-major, shape (B, D); contrastive losses expect them L2-normalised;
@@ -13,6 +14,7 @@ from mmjax.losses.contrastive import (clip_loss, hinge_loss, nt_xent_loss, sigli
 from mmjax.losses.correlation import (barlow_twins_loss, canonical_correlations, cca_loss,
                                       gcca_loss, soft_cca_loss, vicreg_loss)
 from mmjax.losses.factorized import factorized_loss, orthogonality_loss
+from mmjax.losses.reconstruction import bimodal_reconstruction_loss, dccae_loss
 from mmjax.losses.relational import relational_loss
 
 __all__ = [
@@ -22,4 +24,5 @@ __all__ = [
     "vicreg_loss",
     "relational_loss",
     "factorized_loss", "orthogonality_loss",
+    "dccae_loss", "bimodal_reconstruction_loss",
 ]

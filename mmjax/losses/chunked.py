@@ -16,7 +16,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mmjax.losses._utils import acc_dtype, check_pair, gather, global_mean, logits_of
+from mmjax._dtypes import at_least_float32
+from mmjax.losses._utils import check_pair, gather, global_mean, logits_of
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
@@ -51,7 +52,7 @@ def chunked_clip_loss(image_emb: Array, text_emb: Array, scale, *, block_size: i
     raise ValueError(f"block_size must be a positive integer, got {block_size}")
   b = image_emb.shape[0]
   all_txt, offset = gather(text_emb, axis_name)  # the columns; images enter only as local rows
-  acc = acc_dtype(image_emb, text_emb)
+  acc = at_least_float32(image_emb, text_emb)
   # The diagonal L_ii of this device's rows: row i of image_emb pairs with row i of text_emb.
   diag = jnp.asarray(scale, acc) * jnp.sum(image_emb.astype(acc) * text_emb.astype(acc), axis=1)
   scale = _varying_like(scale, image_emb)
@@ -93,7 +94,7 @@ def _blockwise_lse(q: Array, k: Array, scale, block: int, axis_name):
 
 
 def _blockwise_lse_fwd(q, k, scale, block, axis_name):
-  acc = acc_dtype(q, k)
+  acc = at_least_float32(q, k)
   q_tiles, valid = _tiles(q, block)
 
   def body(carry, tile):
@@ -128,7 +129,7 @@ def _blockwise_lse_bwd(block, axis_name, res, cotangents):
   del axis_name
   q, k, scale, lse_rows, lse_cols = res
   g_rows, g_cols = cotangents                                      # (b,), (B,)
-  acc = acc_dtype(q, k)
+  acc = at_least_float32(q, k)
   scale_acc = jnp.asarray(scale, acc)
   q_tiles, valid = _tiles(q, block)
   nb = q_tiles.shape[0]

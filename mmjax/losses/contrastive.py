@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+# per-row softmax cross-entropy logsumexp_j L_ij - L_{i,label_i}: (n, m), (n,) int -> (n,)
+from optax.losses import softmax_cross_entropy_with_integer_labels as _xent
 
 from mmjax.losses._utils import check_pair, gather, global_mean, logits_of
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
-
-
-def _cross_entropy(logits: Array, labels: Array) -> Array:
-  """Per-row softmax cross-entropy: (n, m) logits, (n,) integer labels -> (n,)."""
-  picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-  return jax.nn.logsumexp(logits, axis=1) - picked
 
 
 def clip_loss(image_emb: Array, text_emb: Array, scale, *, axis_name=None) -> Array:
@@ -47,8 +43,8 @@ def clip_loss(image_emb: Array, text_emb: Array, scale, *, axis_name=None) -> Ar
   all_img, offset = gather(image_emb, axis_name)
   all_txt, _ = gather(text_emb, axis_name)
   labels = offset + jnp.arange(image_emb.shape[0])
-  i2t = _cross_entropy(logits_of(image_emb, all_txt, scale), labels)  # (b, B) logits -> (b,)
-  t2i = _cross_entropy(logits_of(text_emb, all_img, scale), labels)   # (b, B) logits -> (b,)
+  i2t = _xent(logits_of(image_emb, all_txt, scale), labels)          # (b, B) logits -> (b,)
+  t2i = _xent(logits_of(text_emb, all_img, scale), labels)           # (b, B) logits -> (b,)
   return global_mean(jnp.sum(i2t) + jnp.sum(t2i), 2 * image_emb.shape[0], axis_name)
 
 
@@ -161,4 +157,4 @@ def nt_xent_loss(view_a: Array, view_b: Array, scale) -> Array:
   logits = logits_of(z, z, scale)                                    # (2N, 2N)
   logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
   labels = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
-  return jnp.mean(_cross_entropy(logits, labels))
+  return jnp.mean(_xent(logits, labels))

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from mmjax.losses._utils import acc_dtype as _acc_dtype
+from mmjax._dtypes import at_least_float32
+from mmjax.losses._utils import check_views
 
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
@@ -35,15 +36,8 @@ _CCA_OBJECTIVES = ("trace", "topk", "squares")
 
 
 def _check_views(views: Sequence[Array], names: Sequence[str]) -> None:
-  for v, name in zip(views, names):
-    if v.ndim != 2:
-      raise ValueError(f"{name} must be a (batch, dim) array, got shape {v.shape}")
-  n = views[0].shape[0]
-  for v, name in zip(views[1:], names[1:]):
-    if v.shape[0] != n:
-      raise ValueError(f"{names[0]} and {name} must have the same batch size, got shapes "
-                       f"{views[0].shape} and {v.shape}")
-  if n < 2:
+  check_views(views, names)
+  if views[0].shape[0] < 2:
     raise ValueError(f"batch size must be at least 2 to estimate covariances, got shape "
                      f"{views[0].shape} for {names[0]}")
 
@@ -82,7 +76,7 @@ def _whitened_cross_cov(x: Array, y: Array, ridge) -> Array:
   Whitening the centred views before the product, rather than Sxy after it, keeps float32 accurate
   when n < d (measured: 1e-6 instead of 1% relative error at n=64, d=256, ridge=1e-4).
   """
-  dtype = _acc_dtype(x, y)
+  dtype = at_least_float32(x, y)
   xc, yc = _centre(x, dtype), _centre(y, dtype)
   wx = solve_triangular(_cholesky_cov(xc, ridge), xc.T, lower=True)   # Lx^{-1} Xc^T: (dx, n)
   wy = solve_triangular(_cholesky_cov(yc, ridge), yc.T, lower=True)   # Ly^{-1} Yc^T: (dy, n)
@@ -189,7 +183,7 @@ def gcca_loss(views: Sequence[Array], *, k: int, ridge: float = 1e-4) -> Array:
   if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= kmax:
     raise ValueError(f"k must be an int with 1 <= k <= min(n, sum of view dims) = {kmax} (view "
                      f"shapes {[v.shape for v in views]}), got k={k!r}")
-  dtype = _acc_dtype(*views)
+  dtype = at_least_float32(*views)
   qs = []
   for v in views:
     vc = _centre(v, dtype)                                 # (n, d_j)
@@ -201,7 +195,7 @@ def gcca_loss(views: Sequence[Array], *, k: int, ridge: float = 1e-4) -> Array:
 
 def _batch_norm(x: Array, eps) -> Array:
   """Standardise each column over the batch (biased variance, as BatchNorm): (n, d) -> (n, d)."""
-  xc = _centre(x, _acc_dtype(x))
+  xc = _centre(x, at_least_float32(x))
   return xc / jnp.sqrt(jnp.mean(xc * xc, axis=0, keepdims=True) + eps)
 
 
@@ -303,7 +297,7 @@ def vicreg_loss(za: Array, zb: Array, *, invariance_weight: float = 25.0,
   """
   _check_same_shape(za, zb, ("za", "zb"))
   n, d = za.shape
-  dtype = _acc_dtype(za, zb)
+  dtype = at_least_float32(za, zb)
   invariance = jnp.mean((za.astype(dtype) - zb.astype(dtype)) ** 2)
 
   def variance_and_covariance(z):

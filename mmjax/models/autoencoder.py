@@ -1,14 +1,12 @@
 """Autoencoders for two views: DCCAE (CCA plus reconstruction) and the bimodal autoencoder.
 
-  DCCAE                         encoders f, g and decoders p, q (Wang et al. 2015)
-  dccae_loss                    cca_loss(f(x), g(y)) + lam * reconstruction errors / n
-  BimodalAutoencoder            per-modality encoders, a shared layer, decoders for both modalities
-                                (Ngiam et al. 2011)
-  bimodal_reconstruction_loss   reconstruction of both modalities, averaged over the three input
-                                conditions (both, x only, y only)
+  DCCAE                 encoders f, g and decoders p, q (Wang et al. 2015); train with
+                        mmjax.losses.dccae_loss
+  BimodalAutoencoder    per-modality encoders, a shared layer, decoders for both modalities
+                        (Ngiam et al. 2011); train with mmjax.losses.bimodal_reconstruction_loss
+                        on the outputs of its `augmented` method
 
-Encoders and decoders are mmjax.models.mlp.MlpEncoder; inputs are (n, d) feature vectors. Losses
-are computed in float32 (float64 under x64), whatever the compute dtype.
+Encoders and decoders are mmjax.models.mlp.MlpEncoder; inputs are (n, d) feature vectors.
 """
 from __future__ import annotations
 
@@ -19,24 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.losses.correlation import cca_loss
+from mmjax.models.common import Dtype, activation, check_modalities, logical
 from mmjax.models.mlp import MlpEncoder
-from mmjax.models.transformer import Dtype, activation, logical
 
 # present flags (x, y) of the three input conditions of the augmented training of Ngiam et al.
 CONDITIONS = ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0))
-
-
-def _check_pair(x, y) -> None:
-  if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-    raise ValueError(f"x and y must be (batch, features) arrays with the same batch size, got "
-                     f"shapes {x.shape} and {y.shape}")
-
-
-def _sq_error(a, b):
-  """sum_i ||a_i - b_i||^2 in float32 (float64 under x64): (n, d), (n, d) -> ()."""
-  dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
-  return jnp.sum((a.astype(dtype) - b.astype(dtype)) ** 2)
 
 
 class DCCAEOutput(NamedTuple):
@@ -56,7 +41,10 @@ class DCCAE(nn.Module):
   Learning"): MLP encoders f, g with a linear last layer to latent_dim, and MLP decoders
   p, q back to the input sizes (hidden widths reversed unless decoder_hidden is given).
 
-  (n, x_dim), (n, y_dim) -> DCCAEOutput; train with dccae_loss.
+  (n, x_dim), (n, y_dim) -> DCCAEOutput; train with mmjax.losses.dccae_loss:
+
+      out = model.apply(variables, x, y)
+      loss = dccae_loss(out.zx, out.zy, x, y, out.x_rec, out.y_rec, lam)
   """
   x_dim: int
   y_dim: int
@@ -81,31 +69,9 @@ class DCCAE(nn.Module):
     return self.f(x), self.g(y)
 
   def __call__(self, x, y) -> DCCAEOutput:
-    _check_pair(x, y)
+    check_modalities([x, y], type(self).__name__, count=2)
     zx, zy = self.encode(x, y)
     return DCCAEOutput(zx, zy, self.p(zx), self.q(zy))
-
-
-def dccae_loss(outputs: DCCAEOutput, x, y, lam: float, *, objective: str = "trace",
-               k: int | None = None, ridge: float = 1e-4):
-  """The DCCAE objective (Wang et al. 2015), with the CCA term as in cca_loss:
-      loss = cca_loss(f(x), g(y)) + lam / n * sum_i (||x_i - p(f(x_i))||^2 + ||y_i - q(g(y_i))||^2)
-
-  Args:
-    outputs: DCCAE(x, y).  x: (n, x_dim), y: (n, y_dim) the inputs it was applied to.
-    lam: lambda, the weight of the reconstruction errors (lam = 0 is Deep CCA).
-    objective, k, ridge: passed to cca_loss.
-
-  Returns:
-    scalar loss.
-  """
-  _check_pair(x, y)
-  if outputs.x_rec.shape != x.shape or outputs.y_rec.shape != y.shape:
-    raise ValueError(f"reconstructions {outputs.x_rec.shape}, {outputs.y_rec.shape} do not match "
-                     f"the inputs {x.shape}, {y.shape}")
-  cca = cca_loss(outputs.zx, outputs.zy, objective=objective, k=k, ridge=ridge)
-  rec = (_sq_error(x, outputs.x_rec) + _sq_error(y, outputs.y_rec)) / x.shape[0]
-  return cca + lam * rec
 
 
 class BimodalOutput(NamedTuple):
@@ -125,7 +91,10 @@ class BimodalAutoencoder(nn.Module):
   enc_* are MLPs ending in their last hidden layer (with activation), dec_* mirror them (hidden
   widths reversed) with a linear output. A missing modality is fed as zeros, as in the paper's
   augmented training, which asks for both modalities back from either one alone
-  (bimodal_reconstruction_loss over the outputs of `augmented`).
+  (mmjax.losses.bimodal_reconstruction_loss over the outputs of `augmented`):
+
+      out = model.apply(variables, x, y, method="augmented")
+      loss = bimodal_reconstruction_loss(x, y, out.x_rec, out.y_rec)
   """
   x_dim: int
   y_dim: int
@@ -154,7 +123,7 @@ class BimodalAutoencoder(nn.Module):
     present: flags (x, y), shape (2,) for the whole batch or (n, 2) per example; a modality with
     flag 0 is replaced by zeros.
     """
-    _check_pair(x, y)
+    check_modalities([x, y], type(self).__name__, count=2)
     present = jnp.asarray(present, jnp.float32)
     if present.shape not in ((2,), (x.shape[0], 2)):
       raise ValueError(f"present must have shape (2,) or ({x.shape[0]}, 2), got {present.shape}")
@@ -170,30 +139,8 @@ class BimodalAutoencoder(nn.Module):
   def augmented(self, x, y) -> BimodalOutput:
     """Outputs for the three conditions of CONDITIONS (both, x only, y only) in one pass over a
     (3n)-row batch; every field gets a leading axis of 3: (3, n, ...)."""
-    _check_pair(x, y)
+    check_modalities([x, y], type(self).__name__, count=2)
     n = x.shape[0]
     present = jnp.repeat(jnp.asarray(CONDITIONS, jnp.float32), n, axis=0)   # (3n, 2)
     out = self(jnp.tile(x, (3, 1)), jnp.tile(y, (3, 1)), present)
     return BimodalOutput(*(a.reshape(3, n, *a.shape[1:]) for a in out))
-
-
-def bimodal_reconstruction_loss(outputs: BimodalOutput, x, y):
-  """Reconstruction error of both modalities averaged over the three input conditions (Ngiam et al.
-  2011: one third of the examples keep only x, one third only y, both are reconstructed):
-      loss = 1/3 sum_c 1/n sum_i (||x_i - x_rec[c, i]||^2 + ||y_i - y_rec[c, i]||^2),
-  c in (both, x only, y only).
-
-  Args:
-    outputs: BimodalAutoencoder.augmented(x, y), fields (3, n, ...).
-    x: (n, x_dim), y: (n, y_dim) the complete inputs (the targets).
-
-  Returns:
-    scalar loss.
-  """
-  _check_pair(x, y)
-  if outputs.x_rec.shape != (3, *x.shape) or outputs.y_rec.shape != (3, *y.shape):
-    raise ValueError(f"expected reconstructions of shapes {(3, *x.shape)} and {(3, *y.shape)} "
-                     f"(BimodalAutoencoder.augmented), got {outputs.x_rec.shape} and "
-                     f"{outputs.y_rec.shape}")
-  errors = (_sq_error(x[None], outputs.x_rec) + _sq_error(y[None], outputs.y_rec))
-  return errors / (3 * x.shape[0])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.transformer import Dtype, logical
+from mmjax.models.common import Dtype, logical
 
 POOLS = ("max", "mean")
 

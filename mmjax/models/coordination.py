@@ -14,8 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.fusion import check_modalities, named_dense
-from mmjax.models.transformer import Dtype
+from mmjax.models.common import Dtype, check_modalities, named_dense
 
 
 class GatedCoordination(nn.Module):

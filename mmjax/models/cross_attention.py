@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.transformer import Attention, Dtype, Encoder, LayerNorm, Mlp, logical
+from mmjax.models.common import Dtype, LayerNorm, logical
+from mmjax.models.transformer import Attention, Encoder, Mlp
 
 
 def _check_seq(x, name: str, batch: int | None = None) -> None:

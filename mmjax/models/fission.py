@@ -13,9 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.fusion import MlpHead, check_modalities
-from mmjax.models.transformer import Dtype
-from mmjax.models.two_tower import l2_normalize
+from mmjax.models.common import Dtype, MlpHead, check_modalities
+from mmjax.similarity import l2_normalize
 
 
 class FactorizedOutput(NamedTuple):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.transformer import Dtype, LayerNorm, activation, logical
+from mmjax.models.common import Dtype, LayerNorm, activation, logical
 
 
 class MlpEncoder(nn.Module):

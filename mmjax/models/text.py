@@ -8,7 +8,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.transformer import Dtype, Encoder, LayerNorm, logical
+from mmjax.models.common import Dtype, LayerNorm, logical
+from mmjax.models.transformer import Encoder
 
 
 class TextTransformer(nn.Module):

@@ -4,52 +4,24 @@ Pre-LayerNorm blocks (Vaswani et al. 2017; Radford et al. 2019 for pre-LN) with 
 jax.nn.dot_product_attention, so implementation='cudnn' selects the fused cuDNN kernel on GPU and
 'xla' (or None: XLA decides) runs anywhere. Compute is in `dtype` (bf16 on accelerators) with params
 in `param_dtype` (fp32); layer norms reduce in fp32. Every parameter has logical axis names
-(see mmjax.parallel.LOGICAL_RULES).
+(see mmjax.parallel.LOGICAL_RULES). LayerNorm, the activations and the logical-name helpers live in
+mmjax.models.common.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Dtype = Any
-"""@private The type of dtype arguments (a numpy or jax dtype)."""
-
-ACTIVATIONS = {
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
-    "relu": nn.relu,
-}
+from mmjax.models.common import Dtype, LayerNorm, activation, logical
 
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def logical(init, *names):
-  """An initializer whose parameter carries the logical axis names `names`."""
-  return nn.with_logical_partitioning(init, names)
-
-
-def activation(name: str):
-  """The activation function called `name` (a key of ACTIVATIONS); ValueError listing them."""
-  if name not in ACTIVATIONS:
-    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
-
-
-class LayerNorm(nn.LayerNorm):
-  """nn.LayerNorm with logically named scale and bias, reductions in fp32."""
-  scale_init: Any = logical(nn.initializers.ones, "embed")
-  """@private ones, with the logical axis name 'embed'."""
-  bias_init: Any = logical(nn.initializers.zeros, "embed")
-  """@private zeros, with the logical axis name 'embed'."""
 
 
 class Mlp(nn.Module):

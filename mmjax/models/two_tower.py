@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.models.cnn import ConvNet
+from mmjax.models.common import Dtype, logical
 from mmjax.models.text import TextTransformer
-from mmjax.models.transformer import Dtype, logical
 from mmjax.models.vit import ViT
+from mmjax.similarity import l2_normalize
 
 LOSSES = ("clip", "siglip")
 LOCKS = (None, "image", "text")
@@ -29,12 +30,6 @@ class TwoTowerOutput(NamedTuple):
   text: jax.Array               # (B, E) L2-normalised, float32
   scale: jax.Array              # () exp(t), clamped at max_scale
   bias: jax.Array | None        # () SigLIP logit bias, None for CLIP
-
-
-def l2_normalize(x, eps=1e-6):
-  """x / ||x|| over the last axis, in float32 (float64 stays float64); (..., D) -> (..., D)."""
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps ** 2))
 
 
 class TwoTower(nn.Module):

@@ -11,7 +11,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.transformer import Attention, Dtype, Encoder, LayerNorm, Mlp, logical
+from mmjax.models.common import Dtype, LayerNorm, logical
+from mmjax.models.transformer import Attention, Encoder, Mlp
 
 POOLS = ("cls", "map", "gap")
 

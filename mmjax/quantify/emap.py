@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax._dtypes import at_least_float32
+
 Array = jax.Array
 """@private The type of array arguments (jax.Array)."""
 
@@ -45,7 +47,7 @@ def emap_projection(pair_logits: Array) -> Array:
   if pair_logits.ndim < 2 or pair_logits.shape[0] != pair_logits.shape[1]:
     raise ValueError(f"emap_projection expects pair logits (N, N, ...) with [i, j] = f(a_i, b_j), "
                      f"got shape {pair_logits.shape}")
-  pair_logits = pair_logits.astype(jnp.promote_types(pair_logits.dtype, jnp.float32))
+  pair_logits = pair_logits.astype(at_least_float32(pair_logits))
   rows = jnp.mean(pair_logits, axis=1)                                # mean_j f(a_i, b_j)
   cols = jnp.mean(pair_logits, axis=0)                                # mean_j f(a_j, b_i)
   return rows + cols - jnp.mean(rows, axis=0)
@@ -104,7 +106,7 @@ def emap(f: Callable, a, b, *, block_size: int = 32) -> EmapOutput:
     bb = jax.tree.map(lambda x: jnp.tile(x, (s,) + (1,) * (x.ndim - 1)), block(b_pad, j))
     out = f(ab, bb)
     out = out.reshape((s, s) + out.shape[1:])
-    out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
+    out = out.astype(at_least_float32(out))
     valid = ((i * s + jnp.arange(s)) < n)[:, None] & ((j * s + jnp.arange(s)) < n)[None, :]
     return jnp.where(valid.reshape(valid.shape + (1,) * (out.ndim - 2)), out, 0)
 

@@ -1,0 +1,96 @@
+"""Helpers shared by the model files: dtypes, activations, logically named params, input checks.
+
+  Dtype               the type of dtype / param_dtype attributes
+  ACTIVATIONS         name -> activation function (gelu, gelu_tanh, quick_gelu, relu)
+  activation(name)    one of them, with a ValueError listing the names
+  logical(init, ...)  an initializer whose param carries logical axis names
+                      (mmjax.parallel.LOGICAL_RULES maps them onto the device mesh)
+  LayerNorm           nn.LayerNorm with logically named scale and bias
+  named_dense         nn.Dense with logically named kernel and bias
+  MlpHead             hidden Dense + activation layers, then an output Dense: (B, D) -> (B, out_dim)
+  check_modalities    checks a list of (B, d_i) modality arrays, ValueError naming the bad one
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+"""@private The type of dtype arguments (a numpy or jax dtype)."""
+
+ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
+    "relu": nn.relu,
+}
+
+
+def logical(init, *names):
+  """An initializer whose parameter carries the logical axis names `names`."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def activation(name: str):
+  """The activation function called `name` (a key of ACTIVATIONS); ValueError listing them."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+class LayerNorm(nn.LayerNorm):
+  """nn.LayerNorm with logically named scale and bias, reductions in fp32."""
+  scale_init: Any = logical(nn.initializers.ones, "embed")
+  """@private ones, with the logical axis name 'embed'."""
+  bias_init: Any = logical(nn.initializers.zeros, "embed")
+  """@private zeros, with the logical axis name 'embed'."""
+
+
+def named_dense(features, axes, dtype, param_dtype, name, use_bias=True):
+  """nn.Dense whose kernel and bias carry the logical axis names `axes` (in, out) and (out,)."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=logical(nn.initializers.lecun_normal(), *axes),
+                  bias_init=logical(nn.initializers.zeros, axes[-1]))
+
+
+class MlpHead(nn.Module):
+  """(B, D) -> hidden Dense + activation layers -> Dense(out_dim) (or the last hidden layer)."""
+  hidden: Sequence[int] = ()
+  out_dim: int | None = None
+  act: str = "relu"
+  out_axis: str = "proj"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = functools.partial(named_dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    for i, h in enumerate(self.hidden):
+      x = activation(self.act)(dense(h, ("embed", "mlp"), name=f"dense_{i}")(x))  # (B, .) -> (B, h)
+    if self.out_dim is not None:
+      in_axis = "mlp" if self.hidden else "embed"
+      x = dense(self.out_dim, (in_axis, self.out_axis), name="out")(x)           # (B, h) -> (B, o)
+    return x
+
+
+def check_modalities(xs, where: str, *, min_count: int = 2, count: int | None = None) -> None:
+  """Raises ValueError unless xs is a list/tuple of (B, d_i) arrays with one B, enough of them."""
+  if not isinstance(xs, (list, tuple)):
+    raise ValueError(f"{where} expects a list or tuple of modality arrays [(B, d_1), ..., "
+                     f"(B, d_M)], got {type(xs).__name__} of shape {getattr(xs, 'shape', None)}")
+  if count is not None and len(xs) != count:
+    raise ValueError(f"{where} fuses exactly {count} modalities, got {len(xs)}")
+  if len(xs) < min_count:
+    raise ValueError(f"{where} needs at least {min_count} modalities, got {len(xs)}")
+  for i, x in enumerate(xs):
+    if jnp.ndim(x) != 2:
+      raise ValueError(f"{where}: modality {i} must be a (batch, features) array, got shape "
+                       f"{jnp.shape(x)}")
+    if x.shape[0] != xs[0].shape[0]:
+      raise ValueError(f"{where}: modality {i} has batch size {x.shape[0]}, expected "
+                       f"{xs[0].shape[0]} like modality 0 (the same batch size for all)")
