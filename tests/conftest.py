@@ -7,8 +7,12 @@ import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["JAX_NUM_CPU_DEVICES"] = "8"
+# Tests are dominated by XLA compilation of small programs, not by running them: backend
+# optimisation level 0 compiles 2-2.5x faster (the whole suite: 627 s -> 497 s on the 2-core
+# machine) and changes no result a test checks. Subprocesses the tests start inherit it.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,3 +39,9 @@ def x64():
 def mesh8():
     """A 1-D mesh of the 8 CPU devices with one batch axis 'data' (AxisType.Auto)."""
     return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    """One TFDS data_dir for the session: each tiny dataset variant is prepared there once."""
+    return tmp_path_factory.mktemp("tfds")

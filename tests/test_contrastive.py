@@ -1,8 +1,11 @@
-"""Contrastive losses against float64 numpy references (tests/reference.py), value and gradient."""
+"""Contrastive losses against float64 numpy references (tests/reference.py), value and gradient;
+jitted and un-jitted (chex variants) and vmapped over a batch of problems."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from mmjax import losses
 from tests import reference as ref
@@ -38,18 +41,47 @@ def test_value_and_gradient_float64(name, x64):
   rng = np.random.default_rng(0)
   x, y = ref.random_pairs(rng, 12, 6)
   scale = 4.5
-  np.testing.assert_allclose(ours(jnp.asarray(x), jnp.asarray(y), scale), theirs(x, y, scale),
-                             rtol=1e-10)
-  grads = jax.grad(ours, argnums=(0, 1, 2))(jnp.asarray(x), jnp.asarray(y), jnp.float64(scale))
+  value, grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2)))(
+      jnp.asarray(x), jnp.asarray(y), jnp.float64(scale))
+  np.testing.assert_allclose(value, theirs(x, y, scale), rtol=1e-10)
   for i in range(3):
     fd, v = directional_fd(theirs, (x, y, scale), i, rng)
     np.testing.assert_allclose(np.sum(np.asarray(grads[i]) * v), fd, rtol=1e-6, atol=1e-8)
+
+
+SUPCON_LABELS = np.arange(24) % 13   # 24 rows: labels 11 and 12 once, so without a positive
+VARIANT_CASES = {  # name -> (loss(x, y), its float64 numpy reference(x, y))
+    **{name: (lambda x, y, f=ours: f(x, y, 4.5), lambda x, y, f=theirs: f(x, y, 4.5))
+       for name, (ours, theirs) in CASES.items()},
+    "supcon": (lambda x, y: losses.supcon_loss(jnp.concatenate([x, y]), SUPCON_LABELS, 3.0),
+               lambda x, y: ref.supcon(np.concatenate([x, y]), SUPCON_LABELS, 3.0)),
+}
+
+
+class VariantsTest(chex.TestCase):
+  """Each loss jitted and un-jitted against its float64 reference, and vmapped over a leading axis
+  of problems against the loop over them."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*((name, name) for name in sorted(VARIANT_CASES)))
+  def test_reference_value_and_vmap(self, name):
+    ours, theirs = VARIANT_CASES[name]
+    rng = np.random.default_rng(5)
+    xs, ys = map(np.stack, zip(*(ref.random_pairs(rng, 12, 6) for _ in range(2))))  # (2, 12, 6)
+    with jax.enable_x64(True):
+      loss = self.variant(ours)
+      each = [loss(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
+      for value, x, y in zip(each, xs, ys):
+        np.testing.assert_allclose(value, theirs(x, y), rtol=1e-10)
+      batched = self.variant(jax.vmap(ours))(jnp.asarray(xs), jnp.asarray(ys))
+      np.testing.assert_allclose(batched, each, rtol=1e-12)
 
 
 def test_float32_matches_float64_reference():
   rng = np.random.default_rng(1)
   x, y = ref.random_pairs(rng, 64, 32)
   xf, yf = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  # un-jitted: jitted, XLA's fusion puts the float32 CLIP value 1.05e-5 (relative) from float64 here
   np.testing.assert_allclose(losses.clip_loss(xf, yf, 1 / 0.07), ref.clip(x, y, 1 / 0.07), rtol=1e-5)
   np.testing.assert_allclose(losses.siglip_loss(xf, yf, 10.0, -10.0), ref.siglip(x, y, 10.0, -10.0),
                              rtol=1e-5)
@@ -60,9 +92,9 @@ def test_supcon_against_reference_with_anchors_without_positives(x64):
   rng = np.random.default_rng(2)
   z = ref.normalize(rng.normal(size=(10, 5)))
   labels = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4, 5])  # labels 1, 3 and 5 have no positive
-  ours = losses.supcon_loss(jnp.asarray(z), jnp.asarray(labels), 3.0)
+  ours, g = jax.jit(jax.value_and_grad(lambda z: losses.supcon_loss(z, jnp.asarray(labels), 3.0)))(
+      jnp.asarray(z))
   np.testing.assert_allclose(ours, ref.supcon(z, labels, 3.0), rtol=1e-10)
-  g = jax.grad(lambda z: losses.supcon_loss(z, jnp.asarray(labels), 3.0))(jnp.asarray(z))
   fd, v = directional_fd(lambda z: ref.supcon(z, labels, 3.0), (z,), 0, rng)
   np.testing.assert_allclose(np.sum(np.asarray(g) * v), fd, rtol=1e-6)
 
@@ -71,22 +103,29 @@ def test_supcon_with_one_label_per_pair_is_nt_xent(x64):
   del x64
   rng = np.random.default_rng(3)
   a, b = ref.random_pairs(rng, 8, 4)
-  labels = jnp.concatenate([jnp.arange(8), jnp.arange(8)])
-  z = jnp.concatenate([jnp.asarray(a), jnp.asarray(b)])
-  np.testing.assert_allclose(losses.supcon_loss(z, labels, 2.0),
-                             losses.nt_xent_loss(jnp.asarray(a), jnp.asarray(b), 2.0), rtol=1e-12)
+
+  @jax.jit
+  def run(a, b):
+    z = jnp.concatenate([a, b])
+    labels = jnp.concatenate([jnp.arange(8), jnp.arange(8)])
+    single = jax.value_and_grad(lambda z: losses.supcon_loss(z, jnp.arange(8), 2.0))(z[:8])
+    return losses.supcon_loss(z, labels, 2.0), losses.nt_xent_loss(a, b, 2.0), single
+
+  supcon, nt_xent, (single, single_grad) = run(jnp.asarray(a), jnp.asarray(b))
+  np.testing.assert_allclose(supcon, nt_xent, rtol=1e-12)
   # no anchor has a positive: the loss is defined as 0, with finite gradients
-  single = losses.supcon_loss(z[:8], jnp.arange(8), 2.0)
-  assert single == 0.0
+  assert single == 0.0 and np.all(np.isfinite(single_grad))
 
 
 def test_perfect_alignment_limits():
   """Orthonormal, perfectly paired embeddings: CLIP tends to 0 as the scale grows, hinge is 0 for
   a margin below the cosine gap of 1."""
-  x = jnp.eye(8, dtype=jnp.float32)
-  assert losses.clip_loss(x, x, 100.0) < 1e-6
-  assert losses.hinge_loss(x, x, margin=0.5) == 0.0
-  assert losses.hinge_loss(x, x, margin=1.5, hardest_negative=True) == pytest.approx(1.0)
+  clip, hinge, hardest = jax.jit(lambda x: (
+      losses.clip_loss(x, x, 100.0), losses.hinge_loss(x, x, margin=0.5),
+      losses.hinge_loss(x, x, margin=1.5, hardest_negative=True)))(jnp.eye(8, dtype=jnp.float32))
+  assert clip < 1e-6
+  assert hinge == 0.0
+  assert hardest == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("fn", [
@@ -101,12 +140,14 @@ def test_bf16_inputs_give_finite_loss_and_gradient_at_scale_100(fn):
   rng = np.random.default_rng(4)
   x, y = ref.random_pairs(rng, 48, 32, noise=2.0)
   xb, yb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16)
-  value, grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(xb, yb)
+  # one compile: the bf16 value and gradient, and the float32 value of the same (rounded) inputs
+  (value, grads), f32 = jax.jit(lambda x, y: (
+      jax.value_and_grad(fn, argnums=(0, 1))(x, y),
+      fn(x.astype(jnp.float32), y.astype(jnp.float32))))(xb, yb)
   assert value.dtype == jnp.float32 and np.isfinite(value)
   assert all(g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
              for g in grads)
   # and close to the float32 value: bf16 rounds the inputs, the logits are accumulated in float32
-  f32 = fn(xb.astype(jnp.float32), yb.astype(jnp.float32))
   np.testing.assert_allclose(value, f32, rtol=1e-3)
 
 

@@ -3,14 +3,17 @@ numpy eigh of M for GCCA, numpy transcriptions of the papers' formulas for the r
 
 Every call goes through jax.jit (which also tests that the functions jit); the jitted functions are
 cached and shapes reused so that tests share compilations and the file runs in a few seconds.
+VariantsTest also runs each loss un-jitted (chex variants) and vmapped over a batch of problems.
 """
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from absl.testing import parameterized
 from sklearn.cross_decomposition import CCA
 
 from mmjax.losses import (barlow_twins_loss, canonical_correlations, cca_loss, gcca_loss,
@@ -227,6 +230,43 @@ def test_vicreg_loss_matches_numpy(x64):
   x = 0.3 * x                                                        # stds below 1: hinge active
   got = _jit(vicreg_loss)(x, y, invariance_weight=2.0, variance_weight=3.0, covariance_weight=0.5)
   np.testing.assert_allclose(got, np_vicreg_loss(x, y, 2.0, 3.0, 0.5), rtol=1e-10)
+
+
+# ------------------------------------------------- jitted and un-jitted, vmapped over problems
+
+VARIANT_CASES = {  # name -> (loss(x, y), its float64 reference(x, y))
+    "canonical_correlations": (lambda x, y: canonical_correlations(x, y, ridge=0.0),
+                               np_canonical_correlations),
+    "cca_loss": (lambda x, y: cca_loss(x, y, objective="topk", k=2, ridge=0.0),
+                 lambda x, y: np_cca_loss(x, y, "topk", 2)),
+    "gcca_loss": (lambda x, y: gcca_loss([x, y, x * y], k=2, ridge=1e-2),
+                  lambda x, y: np_gcca_loss([x, y, x * y], 2, 1e-2)),
+    "soft_cca_loss": (lambda x, y: soft_cca_loss(x, y, decorrelation_weight=0.3),
+                      lambda x, y: np_soft_cca_loss(x, y, 0.3)[0]),
+    "barlow_twins_loss": (lambda x, y: barlow_twins_loss(x, y, off_diagonal_weight=0.02),
+                          lambda x, y: np_barlow_twins_loss(x, y, 0.02)),
+    "vicreg_loss": (lambda x, y: vicreg_loss(0.3 * x, y, invariance_weight=2.0, variance_weight=3.0,
+                                             covariance_weight=0.5),   # stds below 1: hinge active
+                    lambda x, y: np_vicreg_loss(0.3 * x, y, 2.0, 3.0, 0.5)),
+}
+
+
+class VariantsTest(chex.TestCase):
+  """Each loss jitted and un-jitted against its float64 reference, and vmapped over a leading axis
+  of problems against the loop over them."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*((name, name) for name in sorted(VARIANT_CASES)))
+  def test_reference_value_and_vmap(self, name):
+    ours, theirs = VARIANT_CASES[name]
+    xs, ys = map(np.stack, zip(*(_views(seed, 20, 4, 4) for seed in (22, 23))))  # (2, 20, 4)
+    with jax.enable_x64(True):
+      loss = self.variant(ours)
+      each = [loss(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
+      for value, x, y in zip(each, xs, ys):
+        np.testing.assert_allclose(value, theirs(x, y), rtol=1e-9)
+      batched = self.variant(jax.vmap(ours))(jnp.asarray(xs), jnp.asarray(ys))
+      np.testing.assert_allclose(batched, each, rtol=1e-12)
 
 
 # ------------------------------------------------------------------ float32, bf16, small batches

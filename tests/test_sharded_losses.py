@@ -1,10 +1,12 @@
 """Global-negative losses on an 8-device mesh and the memory-bounded (chunked, ring) forms.
 
 The single-device loss on the whole batch is the reference: sharded and chunked forms must match its
-value and gradient (image, text, scale, bias) to 1e-5.
+value and gradient (image, text, scale, bias) to 1e-5. Everything is jitted (compiling a loss once
+costs less than running it op by op) and each reference is computed once per input.
 """
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,12 @@ def _inputs(b, d=16, seed=0):
   return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), jnp.float32(7.5), jnp.float32(BIAS)
 
 
+@functools.cache
+def _reference(ref_name, b, seed):
+  """The single-device value and gradient of SINGLE[ref_name] on _inputs(b, seed=seed), jitted."""
+  return jax.jit(jax.value_and_grad(SINGLE[ref_name], argnums=ARGNUMS))(*_inputs(b, seed=seed))
+
+
 def _assert_close_tree(got, want, tol=1e-5):
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=tol, atol=tol)
@@ -47,7 +55,7 @@ def test_sharded_loss_and_gradient_equal_single_device(name, mesh8):
   args = _inputs(40)  # 5 rows per device
   sharded = jax.shard_map(fn, mesh=mesh8, in_specs=(P("data"), P("data"), P(), P()), out_specs=P())
   value, grads = jax.jit(jax.value_and_grad(sharded, argnums=ARGNUMS))(*args)
-  want_value, want_grads = jax.value_and_grad(SINGLE[ref_name], argnums=ARGNUMS)(*args)
+  want_value, want_grads = _reference(ref_name, 40, 0)
   np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-6)
   _assert_close_tree(grads, want_grads)
 
@@ -63,25 +71,25 @@ def test_per_device_gradients_inside_shard_map(name, mesh8):
                        in_specs=(P("data"), P("data"), P(), P()),
                        out_specs=(P(), (P("data"), P("data"), P(), P())))
   value, grads = jax.jit(step)(*args)
-  want_value, want_grads = jax.value_and_grad(SINGLE[ref_name], argnums=ARGNUMS)(*args)
+  want_value, want_grads = _reference(ref_name, 24, 1)
   np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-6)
   _assert_close_tree(grads, want_grads)
 
 
 def test_sharded_clip_is_not_the_mean_of_local_losses(mesh8):
   """Guards against a loss that silently uses only local negatives."""
-  args = _inputs(40)
   local = jax.shard_map(lambda x, y, s, b: jax.lax.pmean(losses.clip_loss(x, y, s), "data"),
                         mesh=mesh8, in_specs=(P("data"), P("data"), P(), P()), out_specs=P())
-  assert abs(float(local(*args)) - float(SINGLE["clip"](*args))) > 0.1
+  assert abs(float(jax.jit(local)(*_inputs(40))) - float(_reference("clip", 40, 0)[0])) > 0.1
 
 
 @pytest.mark.parametrize("batch,block", [(1, 4), (7, 4), (33, 8), (100, 16), (64, 64), (50, 128)])
 def test_chunked_clip_equals_naive(batch, block):
   args = _inputs(batch, d=8, seed=batch)[:3]
-  value, grads = jax.value_and_grad(
-      lambda *a: losses.chunked_clip_loss(*a, block_size=block), argnums=(0, 1, 2))(*args)
-  want_value, want_grads = jax.value_and_grad(losses.clip_loss, argnums=(0, 1, 2))(*args)
+  chunked = functools.partial(losses.chunked_clip_loss, block_size=block)
+  (value, grads), (want_value, want_grads) = jax.jit(lambda *a: (  # both in one compile
+      jax.value_and_grad(chunked, argnums=(0, 1, 2))(*a),
+      jax.value_and_grad(losses.clip_loss, argnums=(0, 1, 2))(*a)))(*args)
   np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-6)
   _assert_close_tree(grads, want_grads)
 
@@ -89,8 +97,9 @@ def test_chunked_clip_equals_naive(batch, block):
 def test_chunked_clip_under_jit_with_traced_scale():
   x, y, s, _ = _inputs(20)
   f = jax.jit(functools.partial(losses.chunked_clip_loss, block_size=8))
+  naive = jax.jit(losses.clip_loss)
   for scale in (s, 2 * s):  # one compilation, the scale is traced
-    np.testing.assert_allclose(f(x, y, scale), losses.clip_loss(x, y, scale), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f(x, y, scale), naive(x, y, scale), rtol=1e-5, atol=1e-6)
 
 
 def _temp_bytes(loss_fn, b, d=64):
@@ -111,3 +120,23 @@ def test_chunked_memory_grows_linearly_naive_quadratically():
   assert all(g < 2.3 for g in chunked_growth), (chunked, chunked_growth)  # ~2x per doubling
   # at B=4096 the naive loss holds several B x B float32 buffers (64 MiB each)
   assert naive[-1] > 4096 * 4096 * 4 and chunked[-1] < naive[-1] / 8
+
+
+class SiglipRingVariantsTest(chex.TestCase):
+  """siglip_ring_loss (inside shard_map over the 8 devices) jitted and un-jitted against the float64
+  SigLIP reference, and vmapped over a leading axis of problems against the loop over them."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_reference_value_and_vmap(self):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    ring = jax.shard_map(lambda x, y: losses.siglip_ring_loss(x, y, 7.5, BIAS, axis_name="data"),
+                         mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
+    rng = np.random.default_rng(6)
+    xs, ys = map(np.stack, zip(*(ref.random_pairs(rng, 16, 4) for _ in range(2))))  # (2, 16, 4)
+    with jax.enable_x64(True):
+      loss = self.variant(ring)
+      each = [loss(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
+      for value, x, y in zip(each, xs, ys):
+        np.testing.assert_allclose(value, ref.siglip(x, y, 7.5, BIAS), rtol=1e-10)
+      batched = self.variant(jax.vmap(ring))(jnp.asarray(xs), jnp.asarray(ys))
+      np.testing.assert_allclose(batched, each, rtol=1e-12)
