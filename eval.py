@@ -5,8 +5,11 @@
     python eval.py --config configs/digits_dcca.py --workdir /tmp/clip_b16 \
         --weights ViT-B-16.safetensors --tfds cifar10:test --tfds /data/my_dataset/1.0.0
 
+Runs every evaluator the config names (config.evals, whatever its schedule; without it the task's
+defaults: mmjax.evaluate.evaluators), with per-class accuracy, confusion matrices and plots.
 Without --checkpoint the latest step is used. --weights (an OpenAI / OpenCLIP / Hugging Face CLIP
-checkpoint) replaces the workdir's checkpoint; the config then only names the dataset. --tfds adds
+checkpoint) replaces the workdir's checkpoint; the config then only names the dataset (and its
+evaluators, when it is a config of the same two-tower task). --tfds adds
 zero-shot classification on a TFDS image classification dataset prepared locally (a name under
 --tfds_data_dir, or a prepared dataset's directory), with split after ':' (default 'test').
 
@@ -20,64 +23,56 @@ import json
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmjax import parallel
+from mmjax import parallel, tasks
 from mmjax.data import datasets, pipeline
-from mmjax.evaluate import embed, load, report, suite
-from mmjax.train import tasks
+from mmjax.evaluate import builtin, context, embed, evaluators, load, report, zero_shot
 
 
 def evaluate_workdir(config, workdir, checkpoint: int | None = None, weights: str | None = None,
                      *, tfds_datasets=(), tfds_data_dir: str = "~/tensorflow_datasets",
                      quiet: bool = False) -> dict:
-  """Runs the evaluation suite of config.task (or of CLIP for weights); writes metrics.json, the
-  plots and report.md into workdir and returns what metrics.json holds."""
+  """Runs the config's evaluators (or, for imported weights, a two-tower model's defaults) in full:
+  writes metrics.json, the plots and report.md into workdir and returns what metrics.json holds."""
   if not workdir:
     raise ValueError("--workdir is required: the checkpoint is read and the report written there")
   workdir = pathlib.Path(workdir).expanduser().resolve()
+  dataset = datasets.get(config.dataset.name)
 
   # --- mesh --------------------------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
   # --- model: a checkpoint of this workdir, or imported weights ---------------------------------
   if weights:
+    task = tasks.get(load.WEIGHTS_TASK)
     model, params, tokenizer, image_size = load.load_weights(
         weights, mesh, bpe_path=config.get("bpe_path") or None)
-    kind, source = "clip", {"weights": str(pathlib.Path(weights).resolve())}
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset.image_size = image_size
+    source = {"weights": str(pathlib.Path(weights).resolve())}
   else:
+    task = tasks.get(config.task)
     model, params, step = load.restore_params(config, workdir, mesh, checkpoint)
-    tokenizer = tasks.make_tokenizer(config) if config.task != "dcca" else None
-    image_size = config.dataset.get("image_size", 64)
-    kind, source = config.task, {"checkpoint": str(workdir / "checkpoints" / str(step)),
-                                 "step": step}
-  source.update(task=kind, dataset=config.dataset.name)
+    tokenizer = task.tokenizer(config)
+    source = {"checkpoint": str(workdir / "checkpoints" / str(step)), "step": step}
+  source.update(task=task.name, dataset=dataset.name)
+  evals = evaluators.from_config(config, task, dataset, use_config=task.name == config.task)
   workdir.mkdir(parents=True, exist_ok=True)
 
   # --- data --------------------------------------------------------------------------------------
-  builder = pipeline.prepare(datasets.builder_class(config.dataset.name), config.dataset.data_dir,
+  builder = pipeline.prepare(dataset.builder(), config.dataset.data_dir,
                              **dict(config.dataset.get("builder_kwargs", {})))
 
   # --- evaluate ----------------------------------------------------------------------------------
-  ev = config.get("eval", {})
-  ctx = suite.Context(model, params, mesh, tokenizer, image_size=image_size,
-                      batch_size=config.get("eval_batch_size", 500),
-                      probe_examples=ev.get("probe_examples", 5000),
-                      shots=tuple(ev.get("shots", (1, 5, 10))), l2=ev.get("probe_l2", 1e-3),
-                      quiet=quiet, out_dir=workdir)
-  if kind in ("clip", "siglip"):
-    fns = suite.two_tower_fns(model)
-    results = suite.two_tower_suite(ctx, config, builder, fns=fns)
-    for spec in tfds_datasets:
-      _merge(results, _tfds_zero_shot(ctx, fns, spec, tfds_data_dir))
-  elif tfds_datasets:
-    raise ValueError(f"--tfds needs a two-tower model (CLIP / SigLIP), not task {kind!r}")
-  elif kind == "dcca":
-    results = suite.two_view_suite(ctx, config, builder)
-  else:
-    results = suite.fusion_suite(ctx, config, builder)
+  ctx = context.Context(task, model, mesh, dataset, builder, config, tokenizer=tokenizer,
+                        params=params, full=True, out_dir=workdir, quiet=quiet)
+  results = evaluators.run(evals, ctx)
+  for spec in tfds_datasets:
+    _merge(results, _tfds_zero_shot(ctx, spec, tfds_data_dir))
 
   # --- report ------------------------------------------------------------------------------------
   return _write_report(workdir, source, results)
@@ -117,9 +112,11 @@ def _merge(results: dict, more: dict) -> None:
       results[key] += value
 
 
-def _tfds_zero_shot(ctx, fns, spec: str, data_dir: str) -> dict:
+def _tfds_zero_shot(ctx, spec: str, data_dir: str) -> dict:
   """Zero-shot on a locally prepared TFDS image classification dataset (NAME or DIR[:SPLIT])."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  for name in ("image", "text"):
+    ctx.outputs_fn((name,))            # a ValueError naming the task's outputs if it has none
   where, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "test")
   path = pathlib.Path(where).expanduser()
   if path.is_dir():
@@ -137,13 +134,24 @@ def _tfds_zero_shot(ctx, fns, spec: str, data_dir: str) -> dict:
   if split not in builder.info.splits:
     raise ValueError(f"--tfds {spec}: no split {split!r}; it has {list(builder.info.splits)}")
   names = [n.replace("_", " ") for n in label.names]
-  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:  # random access, no TF
-    examples = embed.source_examples(builder.as_data_source(split=split))
-  else:
+  transform = embed.ImageTransform(ctx.image_size, image_key, label_key)
+  fn = ctx.outputs_fn(("image",))
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:  # random access, grain
+    out = embed.embed_source(fn, ctx.variables, builder.as_data_source(split=split), transform,
+                             ctx.mesh, ctx.batch_size, desc=split, quiet=ctx.quiet)
+    labels = out["label"]
+  else:                                                             # tf.data, one process
     examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
-  return suite.tfds_zero_shot(ctx, fns, examples, builder.info.splits[split].num_examples, names,
-                              split=f"{builder.name}_{split}", image_key=image_key,
-                              label_key=label_key)
+    batches = embed.split_batches(examples, transform, ctx.batch_size, keep=(label_key,))
+    out, raw = embed.run(fn, ctx.variables, batches, ctx.mesh, ctx.batch_size, desc=split,
+                         total=builder.info.splits[split].num_examples, quiet=ctx.quiet)
+    labels = np.asarray(raw[label_key])
+  results = builtin.empty()
+  weights = builtin.class_weights(ctx, names, zero_shot.GENERIC_TEMPLATES)
+  builtin.zero_shot_into(results, f"{builder.name}_{split}", out["image"], labels, weights, names,
+                         full=True)
+  builtin.plot_confusions(ctx, results, names, "zero-shot")
+  return results
 
 
 def _define_flags():

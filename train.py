@@ -3,6 +3,9 @@
     python train.py --config configs/shapes_clip.py --workdir /tmp/shapes_clip
     python train.py --config configs/shapes_clip.py --workdir DIR --config.batch_size=512
 
+The task (config.task) and dataset (config.dataset.name) are looked up by name (mmjax.tasks,
+mmjax.data.datasets); the evaluators of config.evals run on their schedule and after the last step,
+their metrics written to metrics.jsonl and TensorBoard at that step (mmjax.evaluate.evaluators).
 A workdir that already holds checkpoints resumes from the latest one (state and data position).
 SIGTERM saves a checkpoint and exits cleanly. Multi-host: every process runs the same command;
 jax.distributed is initialised from the environment on TPU pods and SLURM, or from
@@ -24,9 +27,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mmjax import parallel
+from mmjax import parallel, tasks
 from mmjax.data import datasets, pipeline
-from mmjax.train import checkpoint, evals, state as state_lib, step as step_lib, tasks
+from mmjax.evaluate import context, evaluators
+from mmjax.train import checkpoint, state as state_lib, step as step_lib
 from mmjax.train.metrics import MetricWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shapes_clip.py", "config file")
@@ -41,35 +45,39 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_and_evaluate(config, workdir) -> dict:
-  """Runs training to config.total_steps (resuming from workdir), then evaluates; returns metrics."""
+  """Runs training to config.total_steps (resuming from workdir) with the config's evaluators on
+  their schedule; returns the metrics of the evaluation after the last step."""
   workdir = _check_workdir(workdir)
   is_main = jax.process_index() == 0
+
+  # --- task, dataset, evaluators: looked up and checked before any work --------------------------
+  task = tasks.get(config.task)
+  dataset = datasets.get(config.dataset.name)
+  evals = evaluators.from_config(config, task, dataset)
+  model = task.build_model(config)
 
   # --- mesh --------------------------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
   # --- data --------------------------------------------------------------------------------------
-  builder = pipeline.prepare(datasets.builder_class(config.dataset.name), config.dataset.data_dir,
+  builder = pipeline.prepare(dataset.builder(), config.dataset.data_dir,
                              **dict(config.dataset.get("builder_kwargs", {})))
-  tokenizer = tasks.make_tokenizer(config) if config.task != "dcca" else None
+  tokenizer = task.tokenizer(config)
   train_source = builder.as_data_source(split=config.dataset.train_split)
   if config.dataset.get("cache", False):
     train_source = pipeline.InMemorySource(train_source, desc=f"caching {config.dataset.train_split}")
-  transform = datasets.transform(config.dataset.name, train=True,
-                                 image_size=config.dataset.get("image_size", 64),
-                                 tokenizer=tokenizer)
+  transform = task.transform(config, dataset, train=True, tokenizer=tokenizer)
   loader = pipeline.make_loader(train_source, transform, global_batch_size=config.batch_size,
                                 seed=config.seed, worker_count=config.get("worker_count", 0))
   batches = pipeline.BatchIterator(loader, mesh)
 
-  # --- model and sharded state -------------------------------------------------------------------
-  model = tasks.build_model(config)
+  # --- sharded state -----------------------------------------------------------------------------
   tx = state_lib.make_optimizer(config)
-  create = lambda rng: state_lib.create_state(tasks.init_fn(model, config), tx, rng)  # noqa: E731
+  create = lambda rng: state_lib.create_state(task.init_fn(model, config), tx, rng)  # noqa: E731
   state, state_shardings = parallel.init_sharded(create, mesh, jax.random.key(config.seed))
 
   # --- step --------------------------------------------------------------------------------------
-  loss_fn = tasks.make_loss_fn(model, config, mesh)
+  loss_fn = task.make_loss_fn(model, config, mesh)
   train_step = step_lib.make_train_step(loss_fn, tx, mesh, state_shardings)
 
   # --- checkpoint: resume if the workdir has one ---------------------------------------------------
@@ -82,13 +90,23 @@ def train_and_evaluate(config, workdir) -> dict:
       print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}", flush=True)
   stop = _on_sigterm()
 
-  # --- loop --------------------------------------------------------------------------------------
+  # --- evals: on the training mesh, reading the eval splits through grain --------------------------
+  ctx = context.Context(task, model, mesh, dataset, builder, config, tokenizer=tokenizer,
+                        quiet=True, sources={config.dataset.train_split: train_source})
   writer = MetricWriter(workdir, enabled=is_main)
+
+  def evaluate(step, due, params):
+    ctx.set_params(params)
+    results = evaluators.run(due, ctx)["metrics"]
+    writer.write(step, results)
+    return results
+
+  # --- loop --------------------------------------------------------------------------------------
   first = int(state.step)
   pending = []  # (step, metrics on device) since the last check
   progress = tqdm(total=config.total_steps, initial=first, disable=not is_main, unit="step",
                   dynamic_ncols=True)
-  start, images = time.perf_counter(), 0
+  start, images, eval_seconds = time.perf_counter(), 0, 0.0
   for step in range(first + 1, config.total_steps + 1):
     state, metrics = train_step(state, next(batches))
     pending.append((step, metrics))
@@ -98,7 +116,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if step % config.log_every == 0 or due_save:
       values = _check_finite(pending, mngr)
       pending = []
-      rate = images / (time.perf_counter() - start)
+      rate = images / (time.perf_counter() - start - eval_seconds)
       values.update(images_per_sec=rate, lr=float(state_lib.schedule(config)(step)))
       writer.write(step, values)
       progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
@@ -110,15 +128,19 @@ def train_and_evaluate(config, workdir) -> dict:
       progress.close()
       print(f"SIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting", flush=True)
       return {"stopped_at": step}
+    due = [e for e in evals if e.due(step, config.total_steps) and step < config.total_steps]
+    if due:
+      began = time.perf_counter()
+      evaluate(step, due, state.params)
+      eval_seconds += time.perf_counter() - began
   progress.close()
   mngr.wait_until_finished()
 
-  # --- evals -------------------------------------------------------------------------------------
+  # --- evals after the last step -------------------------------------------------------------------
   results = {}
-  if config.dataset.get("eval_splits"):
-    params = jax.tree.map(np.asarray, state.params) if jax.process_count() > 1 else state.params
-    results = evals.evaluate(config, model, params, builder, tokenizer)
-    writer.write(config.total_steps, results)
+  due = [e for e in evals if e.due(config.total_steps, config.total_steps)]
+  if due:
+    results = evaluate(config.total_steps, due, state.params)
     if is_main:
       (workdir / "results.json").write_text(json.dumps(results, indent=2))
       for key, value in sorted(results.items()):

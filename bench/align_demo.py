@@ -200,7 +200,7 @@ def load_workdir(workdir: str):
   import ml_collections  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  from mmjax.train import tasks  # pylint: disable=import-outside-toplevel
+  from mmjax import tasks  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
   mngr = ocp.CheckpointManager(path, item_names=("state", "data", "config"))
   if mngr.latest_step() is None:
@@ -208,9 +208,11 @@ def load_workdir(workdir: str):
   out = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
       config=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
   config = ml_collections.ConfigDict(out.config)
-  if config.task not in ("clip", "siglip"):
-    raise ValueError(f"--workdir {workdir} holds a {config.task!r} run; expected clip or siglip")
-  return (tasks.build_model(config), {"params": out.state["params"]}, tasks.make_tokenizer(config),
+  task = tasks.get(config.task)
+  if not {"image", "text"} <= set(task.outputs(None)):
+    raise ValueError(f"--workdir {workdir} holds a {config.task!r} run; expected a two-tower task "
+                     "(outputs 'image' and 'text', e.g. clip or siglip)")
+  return (task.build_model(config), {"params": out.state["params"]}, task.tokenizer(config),
           f"{workdir} step {mngr.latest_step()}")
 
 

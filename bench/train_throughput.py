@@ -4,7 +4,7 @@
     python bench/train_throughput.py --presets B/32,B/16 --compile-only         # CPU: FLOPs, memory
     python bench/train_throughput.py --presets B/16 --batch 256 --attention xla,cudnn   # GPU
 
-The timed step is the trainer's own (mmjax.train: tasks.build_model, make_loss_fn with the global
+The timed step is the trainer's own (mmjax.tasks: the clip task's build_model, make_loss_fn with the global
 CLIP loss, make_optimizer's AdamW, make_train_step), on one device, on a synthetic batch kept in
 device memory. Each round runs --steps steps and waits on the last; the table gives the median
 round after --warmup untimed steps (compilation excluded).
@@ -33,7 +33,8 @@ import ml_collections
 import _common as common
 from mmjax import parallel
 from mmjax.models.two_tower import PRESETS
-from mmjax.train import state as state_lib, step as step_lib, tasks
+from mmjax import tasks
+from mmjax.train import state as state_lib, step as step_lib
 
 # The issue's batches (OpenCLIP measured B/32 at 512 and B/16 at 256 on one H100 80GB).
 DEFAULT_BATCH = {"tiny": 32, "S/16": 256, "B/32": 512, "B/16": 256, "L/14": 128}
@@ -83,14 +84,15 @@ def compile_step(config):
   factory create(rng), the mesh, abstract batch). Nothing is allocated: the state is abstract.
   """
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
-  model = tasks.build_model(config)
+  task = tasks.get(config.task)
+  model = task.build_model(config)
   tx = state_lib.make_optimizer(config)
-  create = lambda rng: state_lib.create_state(tasks.init_fn(model, config), tx, rng)  # noqa: E731
+  create = lambda rng: state_lib.create_state(task.init_fn(model, config), tx, rng)  # noqa: E731
   abstract = jax.eval_shape(create, jax.random.key(0))
   shardings = nn.unbox(parallel.logical_shardings(abstract, mesh))
   state_specs = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              nn.unbox(abstract), shardings)
-  step = step_lib.make_train_step(tasks.make_loss_fn(model, config, mesh), tx, mesh, shardings)
+  step = step_lib.make_train_step(task.make_loss_fn(model, config, mesh), tx, mesh, shardings)
   batch = _batch_specs(config, mesh)
   compiled = jax.jit(step, donate_argnums=0).lower(state_specs, batch).compile()
   return compiled, create, mesh, batch, state_specs

@@ -11,31 +11,11 @@ own share of the records; checkpoints and metrics go to the workdir, which must 
 storage every host mounts at the same place (NFS, Filestore, Lustre, or a bucket through gcsfuse;
 not a gs:// URL). Step by step: docs/guides/launch_tpu_pod.md and docs/guides/launch_slurm.md.
 """
-import ml_collections
-
-from configs import shapes_clip
+from configs import common
 
 SHARDS = "/data/cc3m/{00000..00331}.tar"
 
 
 def get_config(variant: str = ""):
-  c = shapes_clip.get_config(variant)
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="image_text", data_dir="/data/tfds", image_size=224, train_split="train",
-      eval_splits=(), builder_kwargs=dict(source=SHARDS, max_size=256)))
-  c.model = ml_collections.ConfigDict(dict(
-      preset="B/16", dtype="bfloat16", remat="none", scan=True, implementation="", image={},
-      text={}))
-  c.tokenizer, c.context_length = "clip", 77
-  c.batch_size = 4096
-  c.total_steps = 30 * 2_900_000 // 4096          # ~30 epochs of the ~2.9M pairs that survive
-  c.lr, c.warmup_steps, c.weight_decay = 5e-4, 2000, 0.2
-  c.loss_block_size = 0
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.log_every, c.checkpoint_every, c.keep_checkpoints = 100, 2000, 3
-  c.worker_count = 16
-  if variant == "tiny":  # the same code path on a CPU: tiny towers, a handful of steps
-    c.model = shapes_clip.get_config("tiny").model
-    c.dataset.image_size, c.context_length, c.tokenizer = 64, 32, "byte"
-    c.batch_size, c.total_steps, c.worker_count = 32, 4, 0
-  return c
+  """variant "tiny": the same code path on a CPU, a handful of steps."""
+  return common.web_clip(SHARDS, 30 * 2_900_000 // 4096, variant)   # ~30 epochs of ~2.9M pairs

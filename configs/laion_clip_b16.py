@@ -7,18 +7,15 @@ every device).
 Run the same command on every host, with the workdir on storage all hosts mount (see
 configs/cc3m_clip_b16.py and docs/guides/launch_tpu_pod.md for launching on a pod / SLURM).
 """
-from configs import cc3m_clip_b16
+from configs import common
 
 SHARDS = "/data/laion400m/{00000..41407}.tar"
 
 
 def get_config(variant: str = ""):
-  c = cc3m_clip_b16.get_config(variant)
-  c.dataset.builder_kwargs = dict(source=SHARDS, max_size=256)
+  """variant "tiny": the same code path on a CPU, a handful of steps."""
+  c = common.web_clip(SHARDS, 32 * 400_000_000 // 32768, variant,   # 32 epochs of ~400M pairs
+                      batch_size=32768)
   if variant != "tiny":
-    c.batch_size = 32768
-    c.total_steps = 32 * 400_000_000 // 32768    # 32 epochs of ~400M pairs
-    c.lr, c.warmup_steps = 5e-4, 2000
     c.loss_block_size = 4096
-    c.mesh.fsdp = 1
   return c

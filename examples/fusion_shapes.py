@@ -6,8 +6,10 @@
 
 Each shapes image (64 x 64) shows a coloured shape and comes with a caption; the label is the
 primary object's (colour, shape) class, one of 48. The image goes through a small ViT and the
-caption, as UTF-8 bytes, through a small causal text transformer (both from mmjax.models); a fusion
-module from mmjax.models.fusion combines the two feature vectors and a Dense layer gives the logits.
+caption, as UTF-8 bytes, through a small causal text transformer (both from mmjax.models); the
+fusion task's FusionClassifier (mmjax.tasks.fusion, what configs/shapes_fusion.py trains) combines
+the two feature vectors with a fusion module named like the config's model.fusion, and a Dense
+layer gives the logits.
 
 After training, mmjax.quantify.modality_contribution measures how much the accuracy depends on each
 modality: with the image (or the caption) zeroed, and with it taken from another example. Shapes
@@ -27,39 +29,26 @@ import optax
 from mmjax.data import pipeline
 from mmjax.data.shapes import CLASS_NAMES, Shapes
 from mmjax.data.tokenizers import ByteTokenizer
-from mmjax.models import (ConcatFusion, GatedFusion, LateFusion, LowRankFusion, TensorFusion,
-                          TextTransformer, ViT)
+from mmjax.models import TextTransformer, ViT
 from mmjax.quantify import modality_contribution
+from mmjax.tasks.fusion import FusionClassifier
 
-FUSIONS = ("concat", "tensor", "lowrank", "gated", "late")
+WIDTH = 32
+FUSIONS = {   # --fusion -> config.model.fusion: the module and its arguments
+    "concat": dict(type="concat", out_dim=WIDTH),               # W [x1; x2] + b
+    "tensor": dict(type="tensor", out_dim=WIDTH),               # W vec([1; x1] (x) [1; x2]) + b
+    "lowrank": dict(type="lowrank", out_dim=WIDTH, rank=4),     # TFN with a rank-4 CP weight
+    "gated": dict(type="gated", features=WIDTH),                # GMU: a gated sum
+    "late": dict(type="late", out_dim=len(CLASS_NAMES)),        # per-modality logits, averaged
+}
 
 
-class FusionClassifier(nn.Module):
+def classifier(fusion: str) -> FusionClassifier:
   """images (B, 64, 64, 3), tokens (B, L) -> (B, 48) class logits through one fusion module."""
-  fusion: str = "lowrank"
-  width: int = 32
-  num_classes: int = len(CLASS_NAMES)
-
-  @nn.compact
-  def __call__(self, images, tokens):
-    feats = [ViT(patch_size=8, width=self.width, depth=1, num_heads=2, mlp_dim=2 * self.width,
-                 name="image")(images),                                    # (B, width)
-             TextTransformer(vocab_size=259, context_length=tokens.shape[1], width=self.width,
-                             depth=1, num_heads=2, mlp_dim=2 * self.width,
-                             name="text")(tokens)]                         # (B, width)
-    if self.fusion == "late":      # decision level: per-modality logits, averaged
-      return LateFusion(self.num_classes, name="fusion")(feats)
-    if self.fusion == "concat":
-      fused = ConcatFusion(self.width, name="fusion")(feats)     # W [x1; x2] + b
-    elif self.fusion == "tensor":
-      fused = TensorFusion(self.width, name="fusion")(feats)     # W vec([1; x1] (x) [1; x2]) + b
-    elif self.fusion == "lowrank":
-      fused = LowRankFusion(self.width, rank=4, name="fusion")(feats)   # TFN, rank-4 CP weight
-    elif self.fusion == "gated":
-      fused, _ = GatedFusion(self.width, name="fusion")(feats)   # GMU: gated sum
-    else:
-      raise ValueError(f"unknown fusion {self.fusion!r}; expected one of {FUSIONS}")
-    return nn.Dense(self.num_classes, name="head")(nn.relu(fused))
+  image = ViT(patch_size=8, width=WIDTH, depth=1, num_heads=2, mlp_dim=2 * WIDTH)  # (B, WIDTH)
+  text = TextTransformer(vocab_size=259, context_length=64, width=WIDTH, depth=1, num_heads=2,
+                         mlp_dim=2 * WIDTH)                                       # (B, WIDTH)
+  return FusionClassifier(image, text, FUSIONS[fusion], num_classes=len(CLASS_NAMES))
 
 
 def load_split(builder, split: str, limit: int, tokenizer):
@@ -93,7 +82,7 @@ def main(argv=None) -> dict:
   test = load_split(builder, "test", 2000, tokenizer)
   print(f"{args.fusion} fusion; train {len(train[2])} examples, test {len(test[2])}")
 
-  model = FusionClassifier(args.fusion)
+  model = classifier(args.fusion)
   # jit: one compilation of the whole init, rather than one per operation
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), train[0][:1], train[1][:1])["params"])
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, max(args.steps, 21)))

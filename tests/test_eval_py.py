@@ -26,9 +26,9 @@ def _config(data_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tfds_dir):
   """(config, workdir, train.py's results) of a 20-step run with checkpoints at 10 and 20."""
-  data_dir = tmp_path_factory.mktemp("tfds")
+  data_dir = tfds_dir
   workdir = tmp_path_factory.mktemp("run")
   config = _config(data_dir, total_steps=20, checkpoint_every=10, log_every=5)
   results = train.train_and_evaluate(config, workdir)
@@ -41,7 +41,7 @@ def evaluated(trained, monkeypatch_module):
   (with the shapes prompts, so it must agree with the shapes path exactly)."""
   config, workdir, _ = trained
   from mmjax.data import datasets, pipeline  # pylint: disable=import-outside-toplevel
-  builder = pipeline.prepare(datasets.builder_class("shapes"), config.dataset.data_dir,
+  builder = pipeline.prepare(datasets.get("shapes").builder(), config.dataset.data_dir,
                              **dict(config.dataset.builder_kwargs))
   monkeypatch_module.setattr(zero_shot, "GENERIC_TEMPLATES", shapes.TEMPLATES)
   return eval_py.evaluate_workdir(config, workdir, tfds_datasets=[f"{builder.data_dir}:test"],
@@ -130,7 +130,7 @@ def test_imported_weights_and_a_missing_vocabulary(trained, tmp_path, monkeypatc
   monkeypatch.setenv("MMJAX_BPE_VOCAB", str(vocab))
   config = _config(config.dataset.data_dir, **{"eval_batch_size": 64})
   config.dataset.eval_splits = ("test_unseen",)
-  config.eval = {"probe_examples": 0}        # zero-shot, retrieval and arithmetic only
+  config.evals.probe.examples = config.evals.transfer.examples = 0   # no probe, no transfer
   out = eval_py.evaluate_workdir(config, tmp_path / "out", weights=str(weights), quiet=True)
   assert out["source"]["weights"] == str(weights.resolve())
   assert 0.0 <= out["metrics"]["test_unseen/zero_shot_top1"] <= 1.0

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 
 import train
-from configs import (cc3m_clip_b16, digits_dcca, laion_clip_b16, shapes_clip, shapes_fusion,
-                     shapes_siglip)
-from mmjax import parallel
-from mmjax.train import checkpoint, state as state_lib, step as step_lib, tasks
+from configs import (cc3m_clip_b16, digits_bimodal_ae, digits_dcca, digits_dccae, laion_clip_b16,
+                     shapes_clip, shapes_fusion, shapes_siglip)
+from mmjax import parallel, tasks
+from mmjax.train import checkpoint, state as state_lib, step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
+def data_dir(tfds_dir):
+  return tfds_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,8 @@ def _losses(workdir):
   return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
 
 
-@pytest.mark.parametrize("module", [shapes_clip, shapes_siglip, shapes_fusion, digits_dcca])
+@pytest.mark.parametrize("module", [shapes_clip, shapes_siglip, shapes_fusion, digits_dcca,
+                                    digits_dccae, digits_bimodal_ae])
 def test_tiny_configs_train_and_loss_decreases(module, data_dir, tmp_path):
   config = _tiny(module, data_dir, total_steps=12, log_every=2, checkpoint_every=6,
                  warmup_steps=1)
@@ -81,11 +82,12 @@ def test_real_data_configs_on_user_folder(module, caption_folder, data_dir, tmp_
 
 
 def _state_after(config, mesh, batches):
-  model = tasks.build_model(config)
+  task = tasks.get(config.task)
+  model = task.build_model(config)
   tx = state_lib.make_optimizer(config)
-  create = lambda rng: state_lib.create_state(tasks.init_fn(model, config), tx, rng)  # noqa: E731
+  create = lambda rng: state_lib.create_state(task.init_fn(model, config), tx, rng)  # noqa: E731
   state, shardings = parallel.init_sharded(create, mesh, jax.random.key(0))
-  step = step_lib.make_train_step(tasks.make_loss_fn(model, config, mesh), tx, mesh, shardings)
+  step = step_lib.make_train_step(task.make_loss_fn(model, config, mesh), tx, mesh, shardings)
   for batch in batches:
     state, _ = step(state, {k: jax.device_put(v, parallel.batch_sharding(mesh, v.ndim))
                             for k, v in batch.items()})
@@ -121,9 +123,10 @@ def _run_cli(workdir, data_dir, *extra, env_extra=None, wait=True):
 def _restore(workdir, step, config, mesh):
   """(state, data_state) of a checkpoint step, placed on `mesh` (any topology)."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  model = tasks.build_model(config)
+  task = tasks.get(config.task)
+  model = task.build_model(config)
   tx = state_lib.make_optimizer(config)
-  create = lambda rng: state_lib.create_state(tasks.init_fn(model, config), tx, rng)  # noqa: E731
+  create = lambda rng: state_lib.create_state(task.init_fn(model, config), tx, rng)  # noqa: E731
   abstract = jax.eval_shape(create, jax.random.key(0))
   shardings = parallel.logical_shardings(abstract, mesh)
   mngr = checkpoint.manager(workdir, keep=10, every=1)
@@ -137,9 +140,15 @@ def _final_params(workdir, step, data_dir):
   return jax.tree.map(np.asarray, state.params)
 
 
-def test_killed_run_resumes_to_the_same_params(data_dir, tmp_path):
-  _run_cli(tmp_path / "straight", data_dir)
-  proc = _run_cli(tmp_path / "killed", data_dir, "--config.total_steps=9", wait=False)
+def test_killed_run_with_evals_resumes_to_the_same_params(data_dir, tmp_path):
+  """A run evaluated every 3 steps, killed after its step-3 checkpoint and resumed, ends with the
+  params of a run never evaluated nor interrupted: evaluation changes no training batch, and the
+  resumed run re-evaluates from where it stopped (a zero-shot curve at steps 3, 6 and 9)."""
+  config = _tiny(shapes_clip, data_dir, total_steps=9, checkpoint_every=3, log_every=3)
+  config.evals = {}
+  train.train_and_evaluate(config, tmp_path / "straight")
+  every3 = ("--config.evals.zero_shot.every=3", "--config.evals.retrieval.every=3")
+  proc = _run_cli(tmp_path / "killed", data_dir, *every3, wait=False)
   deadline = time.time() + 600
   while not (tmp_path / "killed" / "checkpoints" / "3").is_dir():  # a finished checkpoint
     assert time.time() < deadline and proc.poll() is None
@@ -147,13 +156,18 @@ def test_killed_run_resumes_to_the_same_params(data_dir, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (tmp_path / "killed" / "checkpoints" / "9").exists()
-  _run_cli(tmp_path / "killed", data_dir)
+  config.evals = shapes_clip.get_config("tiny").evals       # the CLI's config, in this process
+  config.evals.zero_shot.every = config.evals.retrieval.every = 3
+  train.train_and_evaluate(config, tmp_path / "killed")
   for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "killed", 9, data_dir)),
                   jax.tree.leaves(_final_params(tmp_path / "straight", 9, data_dir))):
     np.testing.assert_array_equal(a, b)
+  rows = [json.loads(r) for r in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+  steps = sorted({r["step"] for r in rows if "test_unseen/zero_shot_top1" in r})
+  assert steps[-2:] == [6, 9] and set(steps) <= {3, 6, 9}, steps
 
 
-def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes(data_dir, tmp_path):
+def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes(data_dir, tmp_path, capsys):
   proc = _run_cli(tmp_path, data_dir, "--config.total_steps=100000",
                   "--config.checkpoint_every=100000", "--config.log_every=2", wait=False)
   deadline, metrics = time.time() + 600, tmp_path / "metrics.jsonl"
@@ -171,9 +185,9 @@ def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes(data_dir, tmp_
   mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   state, _ = _restore(tmp_path, step, _tiny(shapes_clip, data_dir), mesh)
   assert int(state.step) == step
-  proc = _run_cli(tmp_path, data_dir, f"--config.total_steps={step + 2}", wait=False)
-  out, _ = proc.communicate(timeout=600)
-  assert proc.returncode == 0, out
+  capsys.readouterr()
+  train.train_and_evaluate(_tiny(shapes_clip, data_dir, total_steps=step + 2), tmp_path)
+  out = capsys.readouterr().out
   assert f"at step {step}" in out and "resumed from" in out, out
   assert checkpoint.manager(tmp_path, keep=2, every=1).latest_step() == step + 2
 
@@ -236,8 +250,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
 
 
 def test_two_processes_match_one_process(data_dir, tmp_path):
+  """Training and the evaluation after it (each process embedding its share of every eval batch)
+  give the single-process params and metrics."""
   port = 20000 + os.getpid() % 10000
-  _run_cli(tmp_path / "single", data_dir, "--config.total_steps=3", "--config.checkpoint_every=3")
+  config = _tiny(shapes_clip, data_dir, total_steps=3, checkpoint_every=3, log_every=3)
+  single = train.train_and_evaluate(config, tmp_path / "single")
   procs = [_run_cli(tmp_path / "multi", data_dir, "--config.total_steps=3",
                     "--config.checkpoint_every=3", f"--coordinator_address=localhost:{port}",
                     "--num_processes=2", f"--process_id={i}", env_extra={"JAX_NUM_CPU_DEVICES": "4"},
@@ -248,3 +265,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "multi", 3, data_dir)),
                   jax.tree.leaves(_final_params(tmp_path / "single", 3, data_dir))):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+  assert set(multi) == set(single) and "test_unseen/zero_shot_top1" in multi
+  for key, value in single.items():
+    assert multi[key] == pytest.approx(value, abs=1e-5), key

@@ -1,75 +1,62 @@
-"""Datasets by name: the TFDS builder, its splits and the per-example transform for training.
+"""Datasets by name: each dataset module states what training and evaluation need to know of it.
 
-  shapes       mmjax.data.shapes.Shapes            image + caption + label (CLIP, SigLIP, fusion)
-  digits       mmjax.data.digits.DigitsTwoView     view1 + view2 + label (deep CCA)
-  image_text   mmjax.data.image_text.ImageText     the user's image-caption pairs (CLIP, SigLIP)
+    dataset = datasets.get("shapes")            # or a dotted path: "my_pkg.my_dataset"
+    builder = pipeline.prepare(dataset.builder(), data_dir)
+    transform = dataset.transform(train=True, image_size=64, tokenizer=tokenizer)
+    dataset.class_names, dataset.templates      # zero-shot classes and prompt templates
+
+A dataset module defines `DATASET = Dataset(...)` beside its TFDS builder. The built-in ones:
+
+  shapes       mmjax.data.shapes       image + caption + label, colour, shape (CLIP, SigLIP, fusion)
+  digits       mmjax.data.digits       view1 + view2 + label (deep CCA, DCCAE, bimodal autoencoder)
+  image_text   mmjax.data.image_text   the user's image-caption pairs (CLIP, SigLIP)
+
+A user's dataset is any importable module with a DATASET (`dataset.name=my_pkg.my_dataset` in the
+config); nothing in mmjax needs editing.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 
-import grain.python as grain
-import numpy as np
+from mmjax import _lookup
 
-from mmjax.data import pipeline
-
-NAMES = ("shapes", "digits", "image_text")
-
-
-def builder_class(name: str):
-  """The TFDS builder class for a dataset name (imported lazily: it needs tensorflow_datasets)."""
-  if name == "shapes":
-    from mmjax.data.shapes import Shapes  # pylint: disable=import-outside-toplevel
-    return Shapes
-  if name == "digits":
-    from mmjax.data.digits import DigitsTwoView  # pylint: disable=import-outside-toplevel
-    return DigitsTwoView
-  if name == "image_text":
-    from mmjax.data.image_text import ImageText  # pylint: disable=import-outside-toplevel
-    return ImageText
-  raise ValueError(f"unknown dataset {name!r}; expected one of {NAMES}")
+BUILTIN = {"shapes": "mmjax.data.shapes", "digits": "mmjax.data.digits",
+           "image_text": "mmjax.data.image_text"}
 
 
-@dataclasses.dataclass
-class TwoViewTransform(grain.MapTransform):
-  """Digits two-view example -> {'view1', 'view2': float32 (S, S, 1), 'label'}."""
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What a dataset module tells the trainer and the evaluators about its data.
 
-  def map(self, element):
-    """One digits example (dict of numpy) -> the float32 views and the label."""
-    return {"view1": np.asarray(element["view1"], np.float32),
-            "view2": np.asarray(element["view2"], np.float32),
-            "label": np.asarray(element["label"])}
-
-
-def transform(name: str, *, train: bool, image_size: int = 64, tokenizer=None):
-  """The per-example transform of dataset `name` (train=True: with augmentation)."""
-  if name == "digits":
-    return TwoViewTransform()
-  if name == "shapes":  # already at image_size; crops would cut objects out of the 3x3 grid
-    return pipeline.ImageTextTransform(image_size, tokenizer, train=False)
-  return pipeline.ImageTextTransform(image_size, tokenizer, train=train)
-
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_TEMPLATES = ("a photo of the number {}.", "a handwritten digit {}.", "the digit {}.",
-                   "a blurry image of the number {}.")
-
-
-def _prompts(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  if name == "shapes":
-    from mmjax.data import shapes  # pylint: disable=import-outside-toplevel
-    return shapes.CLASS_NAMES, shapes.TEMPLATES
-  if name == "digits":
-    return DIGIT_NAMES, DIGIT_TEMPLATES
-  raise ValueError(f"dataset {name!r} has no class names or prompt templates; expected one of "
-                   "('shapes', 'digits')")
+  Attributes:
+    name: the name it is looked up by.
+    builder: () -> the TFDS builder class (a function, so tensorflow_datasets loads only when the
+      data is prepared).
+    transform: (train=bool, image_size=int, tokenizer=...) -> a grain transform of one example into
+      model inputs (float32 images, int32 tokens, views) and the integer `fields` it keeps.
+    class_names: the label's class names, in label order (zero-shot classifiers); () if none.
+    templates: prompt templates with '{}' for a class name.
+    fields: the integer fields an evaluated example keeps (e.g. 'label'); the eval transform
+      passes them through.
+    attributes: integer field -> the words of its values (e.g. 'colour' -> ('red', ...)), for
+      embedding arithmetic.
+    image_field: the field holding the image a two-tower model embeds (zero-shot).
+    has_captions: whether examples pair the image with a caption (retrieval).
+    vocabulary: the words of a closed-vocabulary corpus, for the 'word' tokenizer; () if open.
+  """
+  name: str
+  builder: Callable[[], type]
+  transform: Callable[..., object]
+  class_names: tuple[str, ...] = ()
+  templates: tuple[str, ...] = ()
+  fields: tuple[str, ...] = ("label",)
+  attributes: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  image_field: str = "image"
+  has_captions: bool = True
+  vocabulary: tuple[str, ...] = ()
 
 
-def class_names(name: str) -> tuple[str, ...]:
-  """The class names of dataset `name`, in label order (for zero-shot classifiers)."""
-  return _prompts(name)[0]
-
-
-def templates(name: str) -> tuple[str, ...]:
-  """The zero-shot prompt templates of dataset `name` ('{}' is replaced by a class name)."""
-  return _prompts(name)[1]
+def get(name: str) -> Dataset:
+  """The Dataset of a built-in name or of a module path holding DATASET; a ValueError otherwise."""
+  return _lookup.resolve(name, BUILTIN, "DATASET", "dataset", Dataset)

@@ -29,12 +29,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import grain.python as grain
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 from scipy import ndimage
 
+from mmjax.data import datasets
+
 SPLITS = {"train": 0, "validation": 1, "test": 2}
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TEMPLATES = ("a photo of the number {}.", "a handwritten digit {}.", "the digit {}.",
+             "a blurry image of the number {}.")
 _CONFIG_FIELDS = ("image_size", "num_validation", "num_test", "repeats", "seed")
 
 
@@ -182,3 +188,28 @@ class DigitsTwoView(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, images, labels, members, split):
     for i in range(len(members) * self.builder_config.repeats):
       yield i, make_pair(self.builder_config, images, labels, members, split, i)
+
+
+# --------------------------------------------------------------------------------------- dataset
+
+@dataclasses.dataclass
+class TwoViewTransform(grain.MapTransform):
+  """Digits two-view example -> {'view1', 'view2': float32 (S, S, 1), 'label'}."""
+
+  def map(self, element):
+    """One digits example (dict of numpy) -> the float32 views and the label."""
+    return {"view1": np.asarray(element["view1"], np.float32),
+            "view2": np.asarray(element["view2"], np.float32),
+            "label": np.asarray(element["label"])}
+
+
+def transform(*, train: bool, image_size: int = 28, tokenizer=None) -> TwoViewTransform:
+  """The views as stored (no augmentation: the views are already random), train or not."""
+  del train, image_size, tokenizer
+  return TwoViewTransform()
+
+
+DATASET = datasets.Dataset(
+    "digits", builder=lambda: DigitsTwoView, transform=transform, class_names=CLASS_NAMES,
+    templates=TEMPLATES, image_field="view1", has_captions=False)
+"""The two-view digits for training and evaluation (mmjax.data.datasets)."""

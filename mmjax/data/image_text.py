@@ -69,6 +69,7 @@ import warnings
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
+from mmjax.data import datasets, pipeline
 from mmjax.data.image_text_sources import (MAX_IMAGE_BYTES, Skip, Source, is_shard_spec,
                                            read_source, resolve_source)
 # the names users import from here since before the split into two modules
@@ -361,3 +362,14 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"{line}: no usable image-caption pair for split {split!r} from "
                        f"{[str(p) for p in inp.paths[:5]]}")
 
+
+def transform(*, train: bool, image_size: int = 224, tokenizer=None) -> pipeline.ImageTextTransform:
+  """Example -> {'image', 'tokens'}: a random resized crop when training, resize + central crop
+  for evaluation."""
+  return pipeline.ImageTextTransform(image_size, tokenizer, train=train, keep=())
+
+
+DATASET = datasets.Dataset("image_text", builder=lambda: ImageText, transform=transform,
+                           fields=())
+"""Your own image-caption pairs for training and evaluation (mmjax.data.datasets): no labels, so
+retrieval is what evaluates them (eval.py --tfds adds zero-shot on a labelled dataset)."""

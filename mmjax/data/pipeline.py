@@ -188,15 +188,38 @@ class InMemorySource:
     return self._records[index]
 
 
+class PaddedSource:
+  """The first `count` records of a source, then record 0 again up to `length` records: whole
+  batches for evaluation (every process reads the same number of rows; the padding rows are
+  dropped from the results)."""
+
+  def __init__(self, source, count: int, length: int):
+    if not 0 < count <= min(len(source), length):
+      raise ValueError(f"PaddedSource: count={count} must be in [1, min(len(source)="
+                       f"{len(source)}, length={length})]")
+    self._source, self._count, self._length = source, count, length
+    self.in_memory = isinstance(source, InMemorySource)
+
+  def __repr__(self) -> str:
+    return f"PaddedSource({self._source!r}, count={self._count}, length={self._length})"
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int):
+    return self._source[index if index < self._count else 0]
+
+
 def make_loader(source, transforms: grain.Transformation | Sequence[grain.Transformation], *,
                 global_batch_size: int, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, drop_remainder: bool = True,
                 worker_count: int = 0) -> grain.DataLoader:
   """A grain DataLoader over this process's records of `source`, batched to the host batch size.
 
-  num_epochs=None repeats forever (training); evaluation passes num_epochs=1, shuffle=False and
-  drop_remainder=False. An InMemorySource is read without reader threads (grain's advice for data
-  in memory: 16 threads contend for the GIL and cost ~10x the transform itself).
+  num_epochs=None repeats forever (training); evaluation passes num_epochs=1 and shuffle=False
+  (with a PaddedSource, so every batch is whole). A source held in memory (InMemorySource, or a
+  PaddedSource of one) is read without reader threads (grain's advice for data in memory: 16
+  threads contend for the GIL and cost ~10x the transform itself).
   """
   if len(source) == 0:
     raise ValueError("the data source is empty: nothing to load")
@@ -204,7 +227,8 @@ def make_loader(source, transforms: grain.Transformation | Sequence[grain.Transf
   sampler = GlobalBatchSampler(len(source), global_batch_size, shuffle=shuffle, seed=seed,
                                num_epochs=num_epochs)
   batch = grain.Batch(host_batch_size(global_batch_size), drop_remainder=drop_remainder)
-  read = grain.ReadOptions(num_threads=0) if isinstance(source, InMemorySource) else None
+  in_memory = isinstance(source, InMemorySource) or getattr(source, "in_memory", False)
+  read = grain.ReadOptions(num_threads=0) if in_memory else None
   return grain.DataLoader(data_source=source, sampler=sampler, operations=[*transforms, batch],
                           worker_count=worker_count, shard_options=grain.NoSharding(),
                           read_options=read)

@@ -33,6 +33,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mmjax.data import datasets, pipeline
+
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
 COLOUR_RGB = np.array([(220, 40, 40), (40, 170, 60), (40, 80, 225), (240, 215, 40),
                        (140, 60, 185), (245, 140, 30), (40, 200, 215), (245, 125, 190)], np.float32)
@@ -384,3 +386,16 @@ def _png(image: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format="png", compress_level=1)
   return buffer.getvalue()
+
+
+def transform(*, train: bool, image_size: int = 64, tokenizer=None) -> pipeline.ImageTextTransform:
+  """Example -> {'image', 'tokens', 'label'} (+ 'colour', 'shape' for evaluation). Never cropped,
+  train or not: images are already image_size, and a crop would cut objects out of the 3x3 grid."""
+  keep = ("label",) if train else DATASET.fields
+  return pipeline.ImageTextTransform(image_size, tokenizer, train=False, keep=keep)
+
+
+DATASET = datasets.Dataset(  # what training and evaluation know of shapes (mmjax.data.datasets)
+    "shapes", builder=lambda: Shapes, transform=transform, class_names=CLASS_NAMES,
+    templates=TEMPLATES, fields=("label", "colour", "shape"),
+    attributes={"colour": COLOURS, "shape": SHAPES}, vocabulary=VOCABULARY)

@@ -1,4 +1,4 @@
-"""Evaluation of two-tower, two-view and fusion models (eval.py runs it all on a workdir).
+"""Evaluation of two-tower, two-view and fusion models (train.py during training, eval.py on a run).
 
   zero_shot    classifiers from class names x prompt templates; top-k, per-class, confusion
   retrieval    image <-> text recall@k and ranks, several captions per image, chunked and sharded
@@ -6,9 +6,11 @@
   correlation  CCA fitted on train embeddings, held-out canonical correlations (deep CCA)
   transfer     cross-modal transfer: a classifier trained on one modality, tested on the other
   arithmetic   embedding arithmetic retrieval (image - "red" + "blue")
-  embed        batched embedding of a split on the mesh, with a progress bar
+  embed        batched embedding of a split on the mesh through the grain loader
   load         params from a train.py checkpoint or imported CLIP weights
-  suite        the evaluations of each kind of model over a dataset's splits
+  context      what evaluators work with: model, params, the task's outputs, the dataset's splits
+  evaluators   evaluators named in the config with a schedule (train.py and eval.py run them)
+  builtin      the built-in evaluators (zero_shot, retrieval, probe, transfer, arithmetic, ...)
   report       PNG plots and report.md
 """
 from mmjax.evaluate.arithmetic import arithmetic_metrics, attribute_swap_hits

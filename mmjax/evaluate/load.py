@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from mmjax import parallel
-from mmjax.train import checkpoint, tasks
+from mmjax import parallel, tasks
+from mmjax.train import checkpoint
 
 _MODEL_KEYS = ("task", "model", "context_length", "tokenizer", "dataset.image_size", "lock")
+WEIGHTS_TASK = "clip"
+"""The task of imported CLIP weights (load_weights): a two-tower model."""
 
 
 def _keyed(tree) -> dict[str, tuple]:
@@ -76,8 +78,9 @@ def restore_params(config, workdir, mesh: Mesh, step: int | None = None):
   """(model, params placed on mesh, step) of the latest (or given) checkpoint in workdir."""
   workdir = pathlib.Path(workdir).expanduser().resolve()
   mngr, step = _step_dir(workdir, step)
-  model = tasks.build_model(config)
-  boxed = jax.eval_shape(tasks.init_fn(model, config), jax.random.key(0))["params"]
+  task = tasks.get(config.task)
+  model = task.build_model(config)
+  boxed = jax.eval_shape(task.init_fn(model, config), jax.random.key(0))["params"]
   shardings = nn.unbox(parallel.logical_shardings(boxed, mesh))
   target = checkpoint.abstract_with_shardings(nn.unbox(boxed), shardings)
   path = workdir / "checkpoints" / str(step) / "state"

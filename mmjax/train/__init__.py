@@ -1,1 +1,2 @@
-"""Training: train state and optimizer, the sharded train step, tasks, checkpoints, metrics."""
+"""Training: train state and optimizer, the sharded train step, checkpoints, metric writers (train.py
+runs them for the task mmjax.tasks names)."""
