@@ -14,7 +14,8 @@ zero-shot classification on a TFDS image classification dataset prepared locally
 --tfds_data_dir, or a prepared dataset's directory), with split after ':' (default 'test').
 
 Writes metrics.json (metrics, per-class accuracy, confusion matrices, where the model came from),
-PNG plots (image-caption similarities, retrieval examples, confusion matrices, training curves)
+PNG plots (image-caption similarities, retrieval examples, confusion matrices, training curves,
+the evaluations logged during training)
 and report.md, which shows them all.
 """
 from __future__ import annotations
@@ -80,8 +81,10 @@ def evaluate_workdir(config, workdir, checkpoint: int | None = None, weights: st
 
 def _write_report(workdir: pathlib.Path, source: dict, results: dict) -> dict:
   """metrics.json, the training curves and report.md; the suite's plots are already written."""
-  curves = report.curves_plot(workdir / "metrics.jsonl", workdir / "training_curves.png")
-  plots = [pathlib.Path(p) for p in results.pop("plots")] + ([curves] if curves else [])
+  log = workdir / "metrics.jsonl"
+  curves = [report.curves_plot(log, workdir / "training_curves.png"),
+            report.eval_curves_plot(log, workdir / "eval_curves.png")]
+  plots = [pathlib.Path(p) for p in results.pop("plots")] + [c for c in curves if c]
   arrays = []
   for split, matrix in results["confusion_matrix"].items():
     if len(matrix) > 100:   # e.g. 1000 classes: a .npy file rather than megabytes of JSON

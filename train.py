@@ -143,10 +143,20 @@ def train_and_evaluate(config, workdir) -> dict:
     results = evaluate(config.total_steps, due, state.params)
     if is_main:
       (workdir / "results.json").write_text(json.dumps(results, indent=2))
-      for key, value in sorted(results.items()):
-        print(f"{key}: {value:.4f}", flush=True)
+      for group, values in _grouped(results).items():
+        print(f"{group}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
   writer.close()
   return results
+
+
+def _grouped(metrics: dict) -> dict[str, dict]:
+  """{'test/zero_shot_top1': v, ...} -> {'test': {'zero_shot_top1': v, ...}, ...}: one printed
+  line per split (or per evaluator for metrics named 'probe/...')."""
+  groups = {}
+  for key, value in metrics.items():
+    group, _, name = key.rpartition("/")
+    groups.setdefault(group or "metrics", {})[name] = value
+  return groups
 
 
 def _check_workdir(workdir) -> pathlib.Path:

@@ -27,10 +27,12 @@ def _config(data_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tfds_dir):
-  """(config, workdir, train.py's results) of a 20-step run with checkpoints at 10 and 20."""
+  """(config, workdir, train.py's results) of a 20-step run with checkpoints at 10 and 20, and
+  zero-shot evaluated at both."""
   data_dir = tfds_dir
   workdir = tmp_path_factory.mktemp("run")
-  config = _config(data_dir, total_steps=20, checkpoint_every=10, log_every=5)
+  config = _config(data_dir, total_steps=20, checkpoint_every=10, log_every=5,
+                   **{"evals.zero_shot.every": 10})
   results = train.train_and_evaluate(config, workdir)
   return config, workdir, results
 
@@ -70,7 +72,8 @@ def test_eval_writes_metrics_plots_and_report(trained, evaluated):
   assert np.sum(written["confusion_matrix"]["test"]) == 48        # num_test examples
   assert set(written["per_class_accuracy"]["test"]) == set(shapes.SEEN)
   for name in ("similarity_test.png", "retrieval_test.png", "confusion_test.png",
-               "confusion_test_unseen.png", "training_curves.png", "report.md", "metrics.json"):
+               "confusion_test_unseen.png", "training_curves.png", "eval_curves.png", "report.md",
+               "metrics.json"):
     assert name in evaluated["files"]
     path = workdir / name
     assert path.stat().st_size > 1000, name

@@ -4,6 +4,7 @@
     confusion_plot(confusion, class_names, path)             # zero-shot confusion matrix
     retrieval_plot(captions, images, hits, path)             # text -> image: top-k per caption
     curves_plot(workdir / "metrics.jsonl", path)             # training curves
+    eval_curves_plot(workdir / "metrics.jsonl", path)        # evaluations during training
     write_report(workdir, results, files)                    # report.md beside metrics.json
 """
 from __future__ import annotations
@@ -130,6 +131,38 @@ def curves_plot(metrics_jsonl, path) -> pathlib.Path | None:
     ax.set_xlabel("step", fontsize=8)
     ax.grid(alpha=0.3)
   for ax in list(axes.flat)[len(keys):]:
+    ax.axis("off")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def eval_curves_plot(metrics_jsonl, path) -> pathlib.Path | None:
+  """One panel per evaluation metric ('zero_shot_top1', ...) against step, a line per split
+  ('test', 'test_unseen'), from the evaluations train.py logged during training; None when
+  fewer than two steps were evaluated."""
+  rows = [r for r in read_jsonl(metrics_jsonl) if "loss" not in r]
+  series: dict[str, dict[str, list]] = {}
+  for r in rows:
+    for key, value in r.items():
+      if key != "step" and isinstance(value, (int, float)):
+        split, _, name = key.rpartition("/")
+        series.setdefault(name, {}).setdefault(split or name, []).append((r["step"], value))
+  series = {n: lines for n, lines in series.items() if max(len(p) for p in lines.values()) > 1}
+  if not series:
+    return None
+  plt = _pyplot()
+  cols = min(3, len(series))
+  nrows = math.ceil(len(series) / cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
+  for ax, (name, lines) in zip(axes.flat, series.items()):
+    for split, pts in lines.items():
+      ax.plot(*zip(*pts), marker=".", label=split)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+      ax.legend(fontsize=7)
+  for ax in list(axes.flat)[len(series):]:
     ax.axis("off")
   fig.tight_layout()
   return _save(fig, path)
