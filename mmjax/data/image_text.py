@@ -2,15 +2,14 @@
 
 Sources, passed as `source=` (a str, a path, or a list of shard paths):
 
-  captions file   CSV (.csv), TSV (.tsv) or JSON lines (.jsonl, .ndjson). The header row (CSV/TSV)
-                  or the keys of each object (JSONL) name the image path, one of PATH_COLUMNS
-                  (path, filepath, image, ...), and the caption, one of CAPTION_COLUMNS (caption,
-                  text, title); or name them with image_column= / caption_column=. Relative image
-                  paths are taken from the captions file's folder, or from image_root= if given.
+  captions file   CSV, TSV or JSON lines (UTF-8) whose columns (or keys) name the image path, one
+                  of PATH_COLUMNS (path, filepath, image, ...), and the caption, one of
+                  CAPTION_COLUMNS (caption, text, title), or as image_column= / caption_column= say.
+                  Relative image paths start at the file's folder, or at image_root= if given.
   folder          holding exactly one captions file, or else .tar shards (all of them, sorted).
-  tar shards      WebDataset shards as img2dataset writes them (KEY.jpg + KEY.txt + KEY.json per
-                  sample): a path, a glob ("cc3m/*.tar"), brace notation ("cc3m/{00000..00331}.tar",
-                  "{a,b}.tar"), or a list of those. The caption is KEY.txt, else json["caption"].
+  tar shards      WebDataset shards as img2dataset writes them (KEY.jpg + KEY.txt + KEY.json): a
+                  path, a glob ("cc3m/*.tar"), braces ("cc3m/{00000..00331}.tar", "{a,b}.tar"), or
+                  a list of those. The caption is KEY.txt, else json["caption"].
 
     builder = ImageText(data_dir="~/tensorflow_datasets", source="flickr/captions.csv")
     builder.download_and_prepare()                 # once; no network; later calls reuse the data
@@ -20,6 +19,8 @@ Sources, passed as `source=` (a str, a path, or a list of shard paths):
 
 Options (keyword arguments, stored in an ImageTextConfig; or pass config=ImageTextConfig(...)):
   max_size=256            shrink (bicubic) so the shorter side is <= max_size; None keeps the size
+  max_pixels=89_478_485   skip larger images (width * height, from the header) before decoding;
+                          None: only Pillow's limit, 2 * PIL.Image.MAX_IMAGE_PIXELS (a global)
   jpeg_quality=95         quality of re-encoded images
   validation_fraction=0   put this fraction of images (chosen by a hash of the key, so every caption
                           of one image lands in the same split) in a "validation" split
@@ -31,24 +32,20 @@ Options (keyword arguments, stored in an ImageTextConfig; or pass config=ImageTe
   num_workers=None        decoding threads (default min(8, cpus)); the output does not change
 
 Features: image (tfds Image, JPEG, (None, None, 3)), caption (Text, stripped), key (Text: the image
-path as written in the captions file, or the sample key in a shard; captions of one image share it).
-Images are decoded fully (truncation is caught), turned upright by their EXIF orientation and
-converted to RGB (transparency over white); a JPEG that is already RGB, upright and small enough is
+path as written in the captions file, or the shard key; captions of one image share it). Images are
+decoded fully (truncation is caught), turned upright (EXIF) and made 8-bit RGB by _to_rgb:
+transparency over white, 16-bit grey keeps its high byte, 32-bit int and float grey are stretched
+from their own min..max, other modes (LAB, ...) are skipped. An upright RGB JPEG small enough is
 stored byte for byte, everything else is re-encoded.
 
 Bad samples are skipped, never fatal, and counted by reason (SKIP_REASONS): a summary is printed and
-the counts per split (plus up to 10 examples of each) are kept in builder.info.metadata, i.e.
-<builder.data_dir>/metadata.json; builder.skipped reads them back. A split with no usable pair is an
-error. Data is prepared once per config: after changing the source files, delete builder.data_dir or
-pass another config_name.
+the counts per split (and up to 10 examples each) go to <builder.data_dir>/metadata.json, read back
+by builder.skipped. A split with no usable pair is an error. Data is prepared once per config: after
+changing the source files, delete builder.data_dir or pass another config_name.
 
-Untrusted shards are read as streams (tarfile "r|*"); nothing is extracted to disk, members that are
-not regular files or whose name is absolute or climbs out with ".." are skipped, and images are only
-decoded by Pillow's common raster formats (never EPS and friends). Preparation runs on one host
-(decoding on a few threads): for web-scale sets, read the shards directly or prepare with Beam.
-
-This module holds the builder and the image conversion (to_jpeg); reading the sources (captions
-files, tar shards, skip reasons) is mmjax.data.image_text_sources.
+Shards are read as streams, never extracted; only Pillow's common raster formats are decoded (never
+EPS and friends). Preparation runs on one host (a few decoding threads): for web-scale sets, read
+the shards directly or prepare with Beam. Reading the sources is mmjax.data.image_text_sources.
 """
 from __future__ import annotations
 
@@ -66,6 +63,7 @@ import pathlib
 import re
 import warnings
 
+import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
@@ -81,6 +79,10 @@ __all__ = ["ImageText", "ImageTextConfig", "expand_shards", "SKIP_REASONS"]
 
 PIL_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS, PDF, ...
 MAX_EXAMPLES_KEPT = 10
+MAX_PIXELS = 89_478_485  # Pillow's DecompressionBombWarning threshold; 0.27 GB as RGB
+RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")  # Pillow's convert
+ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")  # composited over white
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # to 8 bits first: _to_8bit
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,6 +93,7 @@ class ImageTextConfig(tfds.core.BuilderConfig):
   image_column: str | None = None
   caption_column: str | None = None
   max_size: int | None = 256
+  max_pixels: int | None = MAX_PIXELS
   jpeg_quality: int = 95
   validation_fraction: float = 0.0
   validation_source: str | tuple[str, ...] | None = None
@@ -107,12 +110,14 @@ def _absolute(spec):
 
 
 def make_config(source=None, *, config_name=None, image_root=None, image_column=None,
-                caption_column=None, max_size=256, jpeg_quality=95, validation_fraction=0.0,
-                validation_source=None, num_workers=None) -> ImageTextConfig:
+                caption_column=None, max_size=256, max_pixels=MAX_PIXELS, jpeg_quality=95,
+                validation_fraction=0.0, validation_source=None,
+                num_workers=None) -> ImageTextConfig:
   """An ImageTextConfig with checked options and absolute paths, named after the source and options
   unless config_name is given."""
-  if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
-    raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
+  for name, value in (("max_size", max_size), ("max_pixels", max_pixels)):
+    if value is not None and (type(value) is not int or value < 1):  # a bool is no size
+      raise ValueError(f"{name} must be a positive int or None, got {value!r}")
   if not 1 <= jpeg_quality <= 100:
     raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality!r}")
   if not 0.0 <= validation_fraction < 1.0:
@@ -121,7 +126,8 @@ def make_config(source=None, *, config_name=None, image_root=None, image_column=
     raise ValueError("give validation_fraction or validation_source, not both")
   fields = dict(source=_absolute(source), image_root=_absolute(image_root),
                 image_column=image_column, caption_column=caption_column, max_size=max_size,
-                jpeg_quality=jpeg_quality, validation_fraction=float(validation_fraction),
+                max_pixels=max_pixels, jpeg_quality=jpeg_quality,
+                validation_fraction=float(validation_fraction),
                 validation_source=_absolute(validation_source))
   if config_name is None:
     if source is None:
@@ -145,17 +151,6 @@ class _Bad(Exception):
   """A sample to skip, for `reason`."""
 
 
-def _clean_caption(caption) -> str:
-  if caption is None:
-    raise _Bad("missing_caption")
-  if not isinstance(caption, str):
-    raise _Bad("bad_caption")
-  caption = caption.strip()
-  if not caption:
-    raise _Bad("empty_caption")
-  return caption
-
-
 def _read_file(path: pathlib.Path) -> bytes:
   if not path.is_file():
     raise _Bad("missing_image_file")
@@ -167,10 +162,35 @@ def _read_file(path: pathlib.Path) -> bytes:
     raise _Bad("unreadable_image_file") from e
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _stretch(values: np.ndarray) -> np.ndarray:
+  """uint8 of values scaled from their finite min..max to 0..255."""
+  finite = values[np.isfinite(values)].astype(np.float64)
+  lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+  values = np.clip(np.nan_to_num(values.astype(np.float64), nan=lo), lo, hi) - lo
+  return np.rint(values * (255 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
+
+
+def _to_8bit(image: Image.Image, sixteen_bit: bool) -> Image.Image:
+  """A WIDE_MODES image as L (LA if it marks a value transparent). 16-bit values (I;16*, or I from a
+  PNG, as older Pillow opens them) keep the high byte, v >> 8 (the inverse of 8 -> 16 bit, v * 257);
+  I and F are stretched from their finite min..max to 0..255 (constant: black; NaN, -inf: min)."""
+  values = np.asarray(image)
+  grey = (values.astype(np.uint16) >> 8).astype(np.uint8) if sixteen_bit else _stretch(values)
+  clear = image.info.get("transparency")
+  if isinstance(clear, (int, float)):  # PNG tRNS of 16-bit grey
+    return Image.fromarray(np.dstack([grey, np.where(values == clear, 0, 255).astype(np.uint8)]))
+  return Image.fromarray(grey)
+
+
+def _to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
+  """8-bit RGB, transparency over white; _Bad("unsupported_mode") for a mode it cannot convert."""
+  if image.mode in WIDE_MODES:
+    image = _to_8bit(image, sixteen_bit or image.mode.startswith("I;16"))
   if image.mode == "RGB":
     return image
-  if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+  if image.mode not in RGB_MODES + ALPHA_MODES:  # LAB, HSV, La, ...
+    raise _Bad("unsupported_mode")
+  if image.mode in ALPHA_MODES or "transparency" in image.info:
     image = image.convert("RGBA")
     background = Image.new("RGB", image.size, (255, 255, 255))
     background.paste(image, mask=image.getchannel("A"))
@@ -185,11 +205,15 @@ def _pil_formats() -> tuple[str, ...]:
   return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
 
 
-def to_jpeg(data: bytes, max_size: int | None, quality: int = 95) -> bytes:
-  """Decodes `data` fully (raising _Bad on any failure), makes it upright RGB with the shorter side
-  <= max_size, and returns JPEG bytes: `data` itself when it is already such a JPEG."""
+def to_jpeg(data: bytes, max_size: int | None, quality: int = 95,
+            max_pixels: int | None = MAX_PIXELS) -> bytes:
+  """Decodes `data` fully (raising _Bad on any failure; an image over max_pixels is never
+  decoded), makes it upright 8-bit RGB with the shorter side <= max_size, and returns JPEG bytes:
+  `data` itself when it is already such a JPEG."""
   try:
-    image = Image.open(io.BytesIO(data), formats=_pil_formats())
+    image = Image.open(io.BytesIO(data), formats=_pil_formats())  # reads the header only
+    if max_pixels is not None and image.width * image.height > max_pixels:
+      raise _Bad("too_many_pixels")
     shrink = max_size is not None and min(image.size) > max_size
     if shrink:  # JPEG only: decode at the smallest DCT scale that stays >= the target
       scale = max_size / min(image.size)
@@ -198,7 +222,8 @@ def to_jpeg(data: bytes, max_size: int | None, quality: int = 95) -> bytes:
     upright = image.getexif().get(0x0112, 1) in (0, 1)
     if not shrink and upright and image.format == "JPEG" and image.mode == "RGB":
       return data
-    image = _to_rgb(image if upright else ImageOps.exif_transpose(image))
+    sixteen_bit = image.mode == "I" and image.format == "PNG"
+    image = _to_rgb(image if upright else ImageOps.exif_transpose(image), sixteen_bit)
     if shrink:
       scale = max_size / min(image.size)
       size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -206,8 +231,10 @@ def to_jpeg(data: bytes, max_size: int | None, quality: int = 95) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=quality)
     return out.getvalue()
-  except Image.DecompressionBombError as e:
-    raise _Bad("image_too_large") from e
+  except _Bad:
+    raise
+  except Image.DecompressionBombError as e:  # over Pillow's own limit, whatever max_pixels says
+    raise _Bad("too_many_pixels") from e
   except Exception as e:  # noqa: BLE001 - whatever the decoder says, the image is unusable
     raise _Bad("undecodable_image") from e
 
@@ -265,9 +292,7 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
         description="Image-caption pairs prepared from local files (mmjax.data.image_text).",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "caption": tfds.features.Text(),
-            "key": tfds.features.Text(),
-        }),
+            "caption": tfds.features.Text(), "key": tfds.features.Text()}),
         metadata=tfds.core.MetadataDict(),
     )
 
@@ -318,6 +343,8 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
     counts, examples, kept = collections.Counter(), collections.defaultdict(list), 0
 
     def skip(reason, where):
+      # a tar member name that is not UTF-8 holds surrogate escapes: shown as \udcXX, printable
+      where = where.encode("utf-8", "backslashreplace").decode("utf-8")
       counts[reason] += 1
       if len(examples[reason]) < MAX_EXAMPLES_KEPT:
         examples[reason].append(where)
@@ -332,12 +359,11 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
 
     def process(item):
       try:
-        caption = _clean_caption(item.caption)
         data = _read_file(item.image) if isinstance(item.image, pathlib.Path) else item.image
-        image = to_jpeg(data, cfg.max_size, cfg.jpeg_quality)
+        image = to_jpeg(data, cfg.max_size, cfg.jpeg_quality, cfg.max_pixels)
       except _Bad as e:
         return Skip(str(e), item.where)
-      return item.uid, {"image": image, "caption": caption, "key": item.key}
+      return item.uid, {"image": image, "caption": item.caption, "key": item.key}
 
     items = (x for x in read_source(inp) if mine(x.key))
     workers = cfg.num_workers or min(8, os.cpu_count() or 1)

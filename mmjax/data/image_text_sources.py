@@ -3,16 +3,18 @@
   resolve_source(spec, ...)   what a source spec points at (a captions file with its columns and
                               image folder, or a list of tar shards), checked before anything is
                               written: missing paths and unusable columns raise here
-  read_source(source)         the raw samples of a resolved source, in order: Item (a caption and
-                              image bytes or an image path, still to be checked and decoded) or
+  read_source(source)         the raw samples of a resolved source, in order: Item (a checked caption
+                              and image bytes or an image path, still to be decoded) or
                               Skip (a sample already known to be bad, with one of SKIP_REASONS)
   expand_shards(spec)         shard paths from a path, glob, brace pattern or list of those
 
-Captions files are CSV (.csv), TSV (.tsv) or JSON lines (.jsonl, .ndjson); their image column is one
-of PATH_COLUMNS and their caption column one of CAPTION_COLUMNS unless named. Tar shards are
-WebDataset shards as img2dataset writes them (KEY.jpg + KEY.txt + KEY.json per sample), read as
-streams (tarfile "r|*"): nothing is extracted to disk, and members that are not regular files or
-whose name is absolute or climbs out with ".." are skipped.
+Captions files are CSV (.csv), TSV (.tsv) or JSON lines (.jsonl, .ndjson) in UTF-8; their image
+column is one of PATH_COLUMNS and their caption column one of CAPTION_COLUMNS unless named. A row's
+bytes that are not UTF-8 make it bad_caption (or bad_row, in the image path), as a .txt that is not
+UTF-8 does in a shard; the other rows are kept. Tar shards are WebDataset shards as img2dataset
+writes them (KEY.jpg + KEY.txt + KEY.json per sample), read as streams (tarfile "r|*"): nothing is
+extracted to disk, and members that are not regular files or whose name is absolute, climbs out
+with ".." or is not UTF-8 are skipped.
 """
 from __future__ import annotations
 
@@ -41,18 +43,38 @@ SKIP_REASONS = {
     "missing_image_file": "the captions file names an image file that does not exist",
     "unreadable_image_file": "the image file exists but could not be read",
     "undecodable_image": "not a decodable image (corrupt, truncated or unsupported format)",
-    "image_too_large": f"over {MAX_IMAGE_BYTES} bytes, or over Pillow's decompression-bomb limit",
+    "image_too_large": f"an image file or shard member over {MAX_IMAGE_BYTES} bytes",
+    "too_many_pixels": "more pixels than max_pixels (from the header, never decoded), or than "
+                       "Pillow's own limit (2 * PIL.Image.MAX_IMAGE_PIXELS)",
+    "unsupported_mode": "an image mode that has no 8-bit RGB conversion here (LAB, HSV, La, ...)",
     "missing_image": "no image path in the row, or no image member for a shard key",
     "missing_caption": "no caption field, or no .txt (nor json caption) for a shard key",
-    "bad_caption": "a caption that is not text (JSON non-string, .txt not UTF-8)",
+    "bad_caption": "a caption that is not text: a JSON non-string, or not UTF-8 (bytes in a "
+                   "captions file or .txt, or a lone \\ud800-style escape in JSON)",
     "empty_caption": "an empty or whitespace-only caption",
     "bad_json": "a JSONL line, or a shard's .json read for the caption, that is not a JSON object",
-    "bad_row": "a CSV/TSV row too short or unparsable, or a non-string image path in JSONL",
-    "unsafe_member": "a shard member with an absolute path or '..' in it",
+    "bad_row": "a CSV/TSV row too short or unparsable, or an image path that is not a string "
+               "(JSONL) or not UTF-8",
+    "unsafe_member": "a shard member with an absolute path or '..' in it, or a non-UTF-8 name",
     "non_regular_member": "a shard member that is a link, device or fifo",
     "bad_shard": "a shard that is not a tar file or ends early (the samples before the break are "
                  "kept, the one being read is dropped)",
 }
+_SURROGATES = re.compile("[\ud800-\udfff]")  # what errors="surrogateescape" makes of bad bytes
+
+
+def not_utf8(text: str) -> bool:
+  """Whether text holds surrogates: bytes that were not UTF-8, or a lone \\ud800 escape in JSON."""
+  return _SURROGATES.search(text) is not None
+
+
+def _caption_problem(caption) -> str | None:
+  """The skip reason for a caption as read, None if it is usable."""
+  if caption is None:
+    return "missing_caption"
+  if not isinstance(caption, str) or not_utf8(caption):
+    return "bad_caption"
+  return None if caption.strip() else "empty_caption"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +196,7 @@ def _check_columns(path: pathlib.Path, image_column, caption_column):
     with open(path, "rb") as f:
       for line in f:
         try:
-          obj = json.loads(line)
+          obj = json.loads(line.decode("utf-8-sig", "surrogateescape"))
         except ValueError:
           continue
         if isinstance(obj, dict):
@@ -183,7 +205,7 @@ def _check_columns(path: pathlib.Path, image_column, caption_column):
     if names is None:
       raise ValueError(f"captions file {path} holds no JSON object")
   else:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
       names = next(csv.reader(f, delimiter=CAPTION_FORMATS[path.suffix.lower()]), None)
     if not names:
       raise ValueError(f"captions file {path} is empty (expected a header row)")
@@ -222,8 +244,8 @@ class Item:
   """The image id (feature 'key'): the path as written in the captions file, or the shard key."""
   where: str
   """The file and line, or shard and member, for messages."""
-  caption: object
-  """The caption as read: a str, or None / another type (skipped when checked)."""
+  caption: str
+  """The caption, checked (_caption_problem) and stripped."""
   image: object
   """The image: bytes (from a shard), or a pathlib.Path to read."""
 
@@ -240,7 +262,7 @@ def read_source(source: Source) -> Iterator[Item | Skip]:
 
 def _read_table(inp: Source) -> Iterator[Item | Skip]:
   path = inp.paths[0]
-  with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+  with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
     reader = csv.reader(f, delimiter=CAPTION_FORMATS[path.suffix.lower()])
     header = next(reader)  # the columns were found in this same row by _check_columns
     col_image, col_caption = header.index(inp.columns[0]), header.index(inp.columns[1])
@@ -269,7 +291,7 @@ def _read_jsonl(inp: Source) -> Iterator[Item | Skip]:
         continue
       where = f"{path.name}:{n}"
       try:
-        obj = json.loads(line)
+        obj = json.loads(line.decode("utf-8-sig", "surrogateescape"))  # non-UTF-8: per field
       except ValueError:
         obj = None
       if not isinstance(obj, dict):
@@ -289,8 +311,12 @@ def _file_item(uid, rel: str, caption, inp: Source, where: str) -> Item | Skip:
   rel = rel.strip()
   if not rel:
     return Skip("missing_image", where, key=f"row:{uid}")
+  if not_utf8(rel):
+    return Skip("bad_row", where)
+  if problem := _caption_problem(caption):
+    return Skip(problem, f"{where} ({rel})", key=rel)
   path = pathlib.Path(rel) if os.path.isabs(rel) else inp.image_root / rel
-  return Item(uid, rel, f"{where} ({rel})", caption, path)
+  return Item(uid, rel, f"{where} ({rel})", caption.strip(), path)
 
 
 def _member_key(name: str) -> tuple[str, str] | None:
@@ -299,7 +325,7 @@ def _member_key(name: str) -> tuple[str, str] | None:
   if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
     return None
   parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-  if not parts or ".." in parts:
+  if not parts or ".." in parts or not_utf8(name):  # tarfile keeps bad bytes as surrogates
     return None
   stem, _, ext = parts[-1].partition(".")
   return "/".join(parts[:-1] + [stem]), ext.lower()
@@ -365,6 +391,8 @@ def _shard_item(uid: str, key: str, files: dict, shard_name: str) -> Item | Skip
     caption = meta.get("caption")
   else:
     caption = None
-  return Item(uid, key, where, caption, files[ext])
+  if problem := _caption_problem(caption):
+    return Skip(problem, where, key)
+  return Item(uid, key, where, caption.strip(), files[ext])
 
 
