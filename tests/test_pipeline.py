@@ -113,6 +113,16 @@ def test_global_batches_do_not_depend_on_the_number_of_processes():
     assert joined == one[batch * 8:(batch + 1) * 8]
 
 
+def test_sampler_repr_is_the_same_on_every_process_but_not_for_another_process_count():
+  """grain compares the sampler's repr on restore, and every process restores the state process 0
+  saved: a repr with the process index made every other process's resume fail."""
+  def sampler(index, count, batch=8):
+    return repr(pipeline.GlobalBatchSampler(50, batch, shuffle=True, seed=5, num_epochs=None,
+                                            process_index=index, process_count=count))
+  assert sampler(0, 2) == sampler(1, 2)
+  assert sampler(0, 2) != sampler(0, 1) and sampler(0, 2) != sampler(0, 2, batch=16)
+
+
 def test_in_memory_source_gives_the_same_batches_and_restores():
   source = _source()
   cached = pipeline.InMemorySource(source)

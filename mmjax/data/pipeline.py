@@ -148,8 +148,8 @@ class GlobalBatchSampler:
                num_epochs: int | None, process_index: int | None = None,
                process_count: int | None = None):
     self._process = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    self._local = host_batch_size(global_batch_size, count)
+    self._count = jax.process_count() if process_count is None else process_count
+    self._local = host_batch_size(global_batch_size, self._count)
     self._global = global_batch_size
     self._inner = grain.IndexSampler(num_records=num_records, shard_options=grain.NoSharding(),
                                      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
@@ -160,7 +160,10 @@ class GlobalBatchSampler:
     return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
 
   def __repr__(self) -> str:
-    return (f"GlobalBatchSampler(global_batch={self._global}, process={self._process}, "
+    """What grain compares when an iterator state is restored: the same on every process (each
+    restores the state process 0 saved), different for another batch size, seed, source size or
+    process count (whose positions would mean other records)."""
+    return (f"GlobalBatchSampler(global_batch={self._global}, processes={self._count}, "
             f"inner={self._inner!r})")
 
 
