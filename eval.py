@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mmjax import parallel, tasks
+from mmjax import errors, parallel, tasks
 from mmjax.data import datasets, pipeline
 from mmjax.evaluate import builtin, context, embed, evaluators, load, report, zero_shot
 
@@ -40,7 +40,8 @@ def evaluate_workdir(config, workdir, checkpoint: int | None = None, weights: st
   """Runs the config's evaluators (or, for imported weights, a two-tower model's defaults) in full:
   writes metrics.json, the plots and report.md into workdir and returns what metrics.json holds."""
   if not workdir:
-    raise ValueError("--workdir is required: the checkpoint is read and the report written there")
+    raise errors.UserError("--workdir is required: the checkpoint is read and the report written "
+                           "there")
   workdir = pathlib.Path(workdir).expanduser().resolve()
   dataset = datasets.get(config.dataset.name)
 
@@ -119,7 +120,7 @@ def _tfds_zero_shot(ctx, spec: str, data_dir: str) -> dict:
   """Zero-shot on a locally prepared TFDS image classification dataset (NAME or DIR[:SPLIT])."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   for name in ("image", "text"):
-    ctx.outputs_fn((name,))            # a ValueError naming the task's outputs if it has none
+    ctx.outputs_fn((name,))            # a UserError naming the task's outputs if it has none
   where, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "test")
   path = pathlib.Path(where).expanduser()
   if path.is_dir():
@@ -127,15 +128,16 @@ def _tfds_zero_shot(ctx, spec: str, data_dir: str) -> dict:
   else:
     builder = tfds.builder(where, data_dir=str(pathlib.Path(data_dir).expanduser()))
     if not pathlib.Path(builder.data_dir).is_dir():
-      raise FileNotFoundError(f"--tfds {spec}: {where} is not prepared under {data_dir} (looked "
+      raise errors.UserError(f"--tfds {spec}: {where} is not prepared under {data_dir} (looked "
                               f"for {builder.data_dir}); prepare it with `tfds build {where}`")
   image_key, label_key = builder.info.supervised_keys or ("image", "label")
   label = builder.info.features[label_key]
   if not isinstance(label, tfds.features.ClassLabel) or not label.names:
-    raise ValueError(f"--tfds {spec}: feature {label_key!r} has no class names; zero-shot needs "
-                     "a ClassLabel feature with names")
+    raise errors.UserError(f"--tfds {spec}: feature {label_key!r} has no class names; zero-shot "
+                           "needs a ClassLabel feature with names")
   if split not in builder.info.splits:
-    raise ValueError(f"--tfds {spec}: no split {split!r}; it has {list(builder.info.splits)}")
+    raise errors.UserError(f"--tfds {spec}: no split {split!r}; it has "
+                           f"{list(builder.info.splits)}")
   names = [n.replace("_", " ") for n in label.names]
   transform = embed.ImageTransform(ctx.image_size, image_key, label_key)
   fn = ctx.outputs_fn(("image",))
@@ -166,14 +168,19 @@ def _define_flags():
   flags.DEFINE_string("weights", None, "imported CLIP weights instead of a checkpoint")
   flags.DEFINE_multi_string("tfds", [], "NAME_OR_DIR[:SPLIT]: extra zero-shot dataset")
   flags.DEFINE_string("tfds_data_dir", "~/tensorflow_datasets", "where --tfds looks")
+  flags.DEFINE_bool("traceback", False, "show the traceback of a user error")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  results = evaluate_workdir(f.config, f.workdir, f.checkpoint, f.weights, tfds_datasets=f.tfds,
-                             tfds_data_dir=f.tfds_data_dir)
+  try:
+    config = errors.config_value(flags.FLAGS["config"])
+    results = evaluate_workdir(config, f.workdir, f.checkpoint, f.weights, tfds_datasets=f.tfds,
+                               tfds_data_dir=f.tfds_data_dir)
+  except errors.UserError as e:
+    errors.report("eval.py", e, f.traceback)
   if jax.process_index() == 0:
     for key, value in sorted(results["metrics"].items()):
       print(f"{key}: {value:.4f}", flush=True)
@@ -183,4 +190,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=errors.flags_parser("eval.py"))

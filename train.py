@@ -6,8 +6,11 @@
 The task (config.task) and dataset (config.dataset.name) are looked up by name (mmjax.tasks,
 mmjax.data.datasets); the evaluators of config.evals run on their schedule and after the last step,
 their metrics written to metrics.jsonl and TensorBoard at that step (mmjax.evaluate.evaluators).
-A workdir that already holds checkpoints resumes from the latest one (state and data position).
-SIGTERM saves a checkpoint and exits cleanly. Multi-host: every process runs the same command;
+A workdir that already holds checkpoints resumes from the newest one that restores completely (a
+damaged step is skipped, named and kept), after checking that it fits the config; --restart_data
+keeps its weights but starts the input pipeline from the beginning. Only finite states are saved.
+SIGTERM saves a checkpoint and exits cleanly. A mistake in the config, a path or a name prints a
+short message and exits with status 2 (--traceback shows where it was raised). Multi-host: every process runs the same command;
 jax.distributed is initialised from the environment on TPU pods and SLURM, or from
 --coordinator_address / --num_processes / --process_id.
 """
@@ -27,30 +30,34 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mmjax import parallel, tasks
+from mmjax import errors, parallel, tasks
 from mmjax.data import datasets, pipeline
-from mmjax.evaluate import context, evaluators
-from mmjax.train import checkpoint, state as state_lib, step as step_lib
+from mmjax.evaluate import context, embed, evaluators
+from mmjax.train import checkpoint, compat, state as state_lib, step as step_lib, validate
 from mmjax.train.metrics import MetricWriter
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shapes_clip.py", "config file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics go")
+_RESTART_DATA = flags.DEFINE_bool(
+    "restart_data", False, "resume the weights and optimizer of the latest checkpoint, but start "
+    "the input pipeline from the beginning (after a change of batch size, data or process count)")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "show the traceback of a user error")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
 
 class NonFiniteLoss(RuntimeError):
-  pass
+  """A step produced a non-finite loss, gradient or parameter norm; its state was not saved."""
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, *, restart_data: bool = False) -> dict:
   """Runs training to config.total_steps (resuming from workdir) with the config's evaluators on
   their schedule; returns the metrics of the evaluation after the last step."""
+  # --- config, task, dataset, evaluators, model: checked before any work ---------------------------
+  validate.check_config(config)
   workdir = _check_workdir(workdir)
   is_main = jax.process_index() == 0
-
-  # --- task, dataset, evaluators: looked up and checked before any work --------------------------
   task = tasks.get(config.task)
   dataset = datasets.get(config.dataset.name)
   evals = evaluators.from_config(config, task, dataset)
@@ -58,6 +65,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # --- mesh --------------------------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  validate.check_batch(config.batch_size, mesh)
 
   # --- data --------------------------------------------------------------------------------------
   builder = pipeline.prepare(dataset.builder(), config.dataset.data_dir,
@@ -80,30 +88,34 @@ def train_and_evaluate(config, workdir) -> dict:
   loss_fn = task.make_loss_fn(model, config, mesh)
   train_step = step_lib.make_train_step(loss_fn, tx, mesh, state_shardings)
 
-  # --- checkpoint: resume if the workdir has one ---------------------------------------------------
+  # --- checkpoint: resume from the newest step that fits the config and restores completely -------
   mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints, every=config.checkpoint_every)
-  restored = checkpoint.restore(mngr, checkpoint.abstract_with_shardings(state, state_shardings))
+  abstract = checkpoint.abstract_with_shardings(state, state_shardings)
+  check = compat.resume_check(mngr, abstract, config,
+                              None if restart_data else batches.get_state())
+  restored = checkpoint.restore(mngr, abstract, check=check, data=not restart_data)
   if restored is not None:
-    state, data_state = restored
-    batches.set_state(data_state)
+    state, data_state, _ = restored
+    if data_state is not None:
+      batches.set_state(data_state)
     if is_main:
-      print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}", flush=True)
+      print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}"
+            + (" (input pipeline from the beginning)" if restart_data else ""), flush=True)
   stop = _on_sigterm()
+  first = int(state.step)
 
   # --- evals: on the training mesh, reading the eval splits through grain --------------------------
   ctx = context.Context(task, model, mesh, dataset, builder, config, tokenizer=tokenizer,
-                        quiet=True, sources={config.dataset.train_split: train_source})
-  writer = MetricWriter(workdir, enabled=is_main)
+                        quiet=True, sources={config.dataset.train_split: train_source},
+                        should_stop=stop.is_set)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=first)
 
   def evaluate(step, due, params):
     ctx.set_params(params)
-    results = evaluators.run(due, ctx)["metrics"]
-    writer.write(step, results)
-    return results
+    return evaluators.run(due, ctx)["metrics"]
 
   # --- loop --------------------------------------------------------------------------------------
-  first = int(state.step)
-  pending = []  # (step, metrics on device) since the last check
+  pending, results = [], {}   # (step, metrics on device) since the last check; the last evaluation
   progress = tqdm(total=config.total_steps, initial=first, disable=not is_main, unit="step",
                   dynamic_ncols=True)
   start, images, eval_seconds = time.perf_counter(), 0, 0.0
@@ -111,40 +123,59 @@ def train_and_evaluate(config, workdir) -> dict:
     state, metrics = train_step(state, next(batches))
     pending.append((step, metrics))
     images += config.batch_size
+    row = {}                   # this step's line of metrics.jsonl: training and evaluation metrics
     stopping = stop.is_set()   # read once: a SIGTERM between two reads would skip the save
     due_save = step % config.checkpoint_every == 0 or step == config.total_steps or stopping
     if step % config.log_every == 0 or due_save:
-      values = _check_finite(pending, mngr)
+      row = _check_finite(pending, mngr, config)
       pending = []
       rate = images / (time.perf_counter() - start - eval_seconds)
-      values.update(images_per_sec=rate, lr=float(state_lib.schedule(config)(step)))
-      writer.write(step, values)
-      progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+      row.update(images_per_sec=rate, lr=float(state_lib.schedule(config)(step)))
+      progress.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{rate:.0f}")
     if due_save:
       checkpoint.save(mngr, step, state, batches.get_state(), config, force=True)
     progress.update(1)
+    due = [] if stopping else [e for e in evals if e.due(step, config.total_steps)]
+    if due:
+      began = time.perf_counter()
+      try:
+        results = evaluate(step, due, state.params)
+        row.update(results)
+      except embed.Interrupted:  # SIGTERM during an evaluation: save this step (if not yet), stop
+        stopping = True
+        if not due_save:
+          row.update(_check_finite(pending, mngr, config) if pending else {})
+          pending = []
+          checkpoint.save(mngr, step, state, batches.get_state(), config, force=True)
+      eval_seconds += time.perf_counter() - began
+    writer.write(step, row)
     if stopping:
       mngr.wait_until_finished()
       progress.close()
+      writer.close()
       print(f"SIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting", flush=True)
       return {"stopped_at": step}
-    due = [e for e in evals if e.due(step, config.total_steps) and step < config.total_steps]
-    if due:
-      began = time.perf_counter()
-      evaluate(step, due, state.params)
-      eval_seconds += time.perf_counter() - began
   progress.close()
   mngr.wait_until_finished()
 
-  # --- evals after the last step -------------------------------------------------------------------
-  results = {}
-  due = [e for e in evals if e.due(config.total_steps, config.total_steps)]
-  if due:
-    results = evaluate(config.total_steps, due, state.params)
+  # --- a run already at (or past) total_steps: evaluate the step it holds ---------------------------
+  if first >= config.total_steps:
     if is_main:
-      (workdir / "results.json").write_text(json.dumps(results, indent=2))
-      for group, values in _grouped(results).items():
-        print(f"{group}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+      print(f"the checkpoint is at step {first} and total_steps is {config.total_steps}: nothing "
+            f"to train; evaluating step {first}", flush=True)
+    due = [e for e in evals if e.every is not None]
+    try:
+      results = evaluate(first, due, state.params) if due else {}
+    except embed.Interrupted:
+      writer.close()
+      return {"stopped_at": first}
+    writer.write(first, results)
+
+  # --- results -----------------------------------------------------------------------------------
+  if results and is_main:
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    for group, values in _grouped(results).items():
+      print(f"{group}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
   writer.close()
   return results
 
@@ -161,23 +192,37 @@ def _grouped(metrics: dict) -> dict[str, dict]:
 
 def _check_workdir(workdir) -> pathlib.Path:
   if not workdir:
-    raise ValueError("--workdir is required: where checkpoints and metrics go")
+    raise errors.UserError("--workdir is required: where checkpoints and metrics go")
   path = pathlib.Path(workdir).expanduser().resolve()
   if path.exists() and not path.is_dir():
-    raise ValueError(f"--workdir {path} exists and is not a directory")
-  path.mkdir(parents=True, exist_ok=True)
+    raise errors.UserError(f"--workdir {path} exists and is not a directory")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f"--workdir {path} cannot be created: {e.strerror}") from e
   return path
 
 
-def _check_finite(pending, mngr) -> dict:
-  """Host values of the last step's metrics; NonFiniteLoss naming the first step with a non-finite
-  loss (its state is never saved, so the last good checkpoint stays the latest)."""
+FINITE = ("loss", "grad_norm", "param_norm")
+
+
+def _check_finite(pending, mngr, config=None) -> dict:
+  """Host values of the last step's metrics; NonFiniteLoss naming the first step whose loss,
+  gradient norm or updated-parameter norm is not finite (that state is never saved, so the
+  latest checkpoint is a finite state)."""
   for step, metrics in pending:
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
+    values = {k: float(metrics[k]) for k in FINITE if k in metrics}
+    bad = [k for k, v in values.items() if not np.isfinite(v)]
+    if bad:
       mngr.wait_until_finished()
-      raise NonFiniteLoss(f"non-finite loss {loss} at step {step}; stopping. The last good "
-                          f"checkpoint is step {mngr.latest_step()} in {mngr.directory}")
+      last = mngr.latest_step()
+      where = (f"The last good checkpoint is step {last} in {mngr.directory}" if last is not None
+               else "No checkpoint was saved before it")
+      lr = f" (now {config.lr})" if config is not None else ""
+      raise NonFiniteLoss(
+          f"non-finite {', '.join(bad)} at step {step} "
+          f"({', '.join(f'{k} {v:.4g}' for k, v in values.items())}); stopping, this state is not "
+          f"saved. {where}. Lower config.lr{lr} or set config.grad_clip.")
   return {k: float(v) for k, v in pending[-1][1].items()}
 
 
@@ -193,17 +238,17 @@ def _on_sigterm():
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only hosts (tests)
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")):
-    jax.distributed.initialize()
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except NonFiniteLoss as e:
-    print(e, file=sys.stderr)
-    sys.exit(2)
+    config = errors.config_value(_CONFIG)
+    if _COORDINATOR.value or _NUM_PROCESSES.value:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only hosts (tests)
+      jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")):
+      jax.distributed.initialize()
+    train_and_evaluate(config, _WORKDIR.value, restart_data=_RESTART_DATA.value)
+  except (errors.UserError, NonFiniteLoss) as e:
+    errors.report("train.py", e, _TRACEBACK.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.flags_parser("train.py"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
+from mmjax.errors import UserError
+
 
 def resolve(name, builtin: Mapping[str, str], attribute: str | None, kind: str,
             expected: type | None):
@@ -13,11 +15,11 @@ def resolve(name, builtin: Mapping[str, str], attribute: str | None, kind: str,
   builtin maps built-in names to module paths. Another name must be a dotted path: with attribute
   set, 'pkg.module' and the module's `attribute` (e.g. TASK); with attribute None,
   'pkg.module.object'. The object must be an instance of `expected` (None: any callable).
-  Raises ValueError naming the bad name and the built-in ones.
+  Raises UserError (a ValueError) naming the bad name and the built-in ones.
   """
   names = sorted(builtin)
   if not isinstance(name, str) or not name or (name not in builtin and "." not in name):
-    raise ValueError(f"unknown {kind} {name!r}; expected one of {names} or a dotted path "
+    raise UserError(f"unknown {kind} {name!r}; expected one of {names} or a dotted path "
                      f"({'my_pkg.my_module' if attribute else 'my_pkg.my_module.my_object'})")
   path = builtin.get(name, name)
   module_path, obj_name = (path, attribute) if attribute else path.rsplit(".", 1)
@@ -26,12 +28,12 @@ def resolve(name, builtin: Mapping[str, str], attribute: str | None, kind: str,
   except ModuleNotFoundError as e:
     if name in builtin or not (e.name and module_path.startswith(e.name)):
       raise          # a module it imports is missing: not a naming mistake
-    raise ValueError(f"{kind} {name!r}: no module {module_path!r} can be imported ({e}); "
+    raise UserError(f"{kind} {name!r}: no module {module_path!r} can be imported ({e}); "
                      f"built-in: {names}") from e
   obj = getattr(module, obj_name, None)
   ok = callable(obj) if expected is None else isinstance(obj, expected)
   if not ok:
     what = "callable" if expected is None else f"of type {expected.__name__}"
-    raise ValueError(f"{kind} {name!r}: module {module_path} has no {obj_name} {what} (found "
+    raise UserError(f"{kind} {name!r}: module {module_path} has no {obj_name} {what} (found "
                      f"{type(obj).__name__}); built-in: {names}")
   return obj

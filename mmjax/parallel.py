@@ -21,6 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -44,20 +46,20 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh with AxisType.Auto axes; one size may be -1 (the rest).
 
-  Raises ValueError naming the sizes when they do not multiply to the number of devices.
+  Raises UserError naming the sizes when they do not multiply to the number of devices.
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh sizes (data, fsdp, tensor) must be positive with at most one -1, got "
+    raise UserError(f"mesh sizes (data, fsdp, tensor) must be positive with at most one -1, got "
                      f"{tuple(sizes)}")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh sizes {tuple(sizes)} do not divide the {len(devices)} devices")
+      raise UserError(f"mesh sizes {tuple(sizes)} do not divide the {len(devices)} devices")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)} need {int(np.prod(sizes))} "
+    raise UserError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)} need {int(np.prod(sizes))} "
                      f"devices, but {len(devices)} are available")
   auto = (jax.sharding.AxisType.Auto,) * 3
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)

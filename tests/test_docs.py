@@ -203,8 +203,10 @@ def run_snippets(page: pathlib.Path, workdir: pathlib.Path) -> None:
 
 SCRIPT = re.compile(r"(?:\S*/)?python3?\s+((?:train|eval)\.py|(?:examples|bench|docs)/[\w/]+\.py)"
                     r"([^\"'&;|\n]*)")
-FLAGS = {"train.py": {"config", "workdir", "coordinator_address", "num_processes", "process_id"},
-         "eval.py": {"config", "workdir", "checkpoint", "weights", "tfds", "tfds_data_dir"}}
+FLAGS = {"train.py": {"config", "workdir", "coordinator_address", "num_processes", "process_id",
+                      "restart_data", "traceback"},
+         "eval.py": {"config", "workdir", "checkpoint", "weights", "tfds", "tfds_data_dir",
+                     "traceback"}}
 
 
 def _load_config(path: pathlib.Path, variant: str):

@@ -15,6 +15,7 @@ import train
 from configs import shapes_clip
 from mmjax.convert import clip as convert_clip
 from mmjax.data import shapes
+from mmjax.errors import UserError
 from mmjax.evaluate import zero_shot
 
 
@@ -96,12 +97,12 @@ def test_eval_agrees_with_train_and_with_the_tfds_path(trained, evaluated):
 def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(trained):
   config, workdir, _ = trained
   wrong = _config(config.dataset.data_dir, **{"model.image.channels": (8, 24)})
-  with pytest.raises(ValueError, match=r"step 20\) does not match the config.*"
-                                       r"image_encoder.*model: checkpoint .*channels.*16"):
+  with pytest.raises(UserError, match=r"step 20\) does not match the config.*image_encoder.*"
+                                      r"model.image.channels: checkpoint \(8, 16\), config \(8, 24\)"):
     eval_py.evaluate_workdir(wrong, workdir, quiet=True)
-  with pytest.raises(ValueError, match=r"--checkpoint 15: .* has steps \[10, 20\]"):
+  with pytest.raises(UserError, match=r"--checkpoint 15: .* has steps \[10, 20\]"):
     eval_py.evaluate_workdir(config, workdir, checkpoint=15, quiet=True)
-  with pytest.raises(FileNotFoundError, match="no checkpoints in"):
+  with pytest.raises(UserError, match="no checkpoints in"):
     eval_py.evaluate_workdir(config, workdir / "nothing_here", quiet=True)
 
 
@@ -125,7 +126,7 @@ def test_imported_weights_and_a_missing_vocabulary(trained, tmp_path, monkeypatc
   config, _, _ = trained
   weights = _tiny_clip_weights(tmp_path / "clip.safetensors")
   monkeypatch.setenv("MMJAX_BPE_VOCAB", str(tmp_path / "absent.txt.gz"))
-  with pytest.raises(FileNotFoundError, match=r"--weights .*BPE tokenizer.*absent\.txt\.gz"):
+  with pytest.raises(UserError, match=r"--weights .*BPE tokenizer.*absent\.txt\.gz"):
     eval_py.evaluate_workdir(config, tmp_path / "out", weights=str(weights), quiet=True)
   vocab = tmp_path / "bpe.txt.gz"
   with gzip.open(vocab, "wt") as f:

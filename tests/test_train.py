@@ -1,6 +1,6 @@
 """Training: each config's tiny variant on the 8-device mesh, sharded == single-device steps, exact
-resume after a kill, SIGTERM saves and exits, torn checkpoints, restore onto another mesh,
-non-finite losses, two processes."""
+resume after a kill, SIGTERM saves and exits, torn checkpoints, restore onto another mesh, two
+processes. (Non-finite states, bad configs, resume checks: test_failsafe.py.)"""
 import json
 import os
 import pathlib
@@ -131,7 +131,7 @@ def _restore(workdir, step, config, mesh):
   shardings = parallel.logical_shardings(abstract, mesh)
   mngr = checkpoint.manager(workdir, keep=10, every=1)
   return checkpoint.restore(mngr, checkpoint.abstract_with_shardings(
-      nn.unbox(abstract), nn.unbox(shardings)), step=step)
+      nn.unbox(abstract), nn.unbox(shardings)), step=step)[:2]
 
 
 def _final_params(workdir, step, data_dir):
@@ -199,8 +199,8 @@ def test_sigterm_handled_during_a_log_step_still_saves(data_dir, tmp_path, monke
   config.dataset.eval_splits = ()
   check = train._check_finite
 
-  def check_then_sigterm(pending, mngr):
-    values = check(pending, mngr)
+  def check_then_sigterm(pending, mngr, config=None):
+    values = check(pending, mngr, config)
     os.kill(os.getpid(), signal.SIGTERM)   # handled by train.py's handler before the next line
     return values
 
@@ -234,19 +234,6 @@ def test_torn_checkpoint_is_ignored_and_restore_works_on_another_mesh(data_dir, 
   saved = _final_params(tmp_path, 6, data_dir)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
     np.testing.assert_array_equal(np.asarray(a), b)
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-  config = _tiny(shapes_clip, data_dir, total_steps=12, checkpoint_every=3, log_every=3)
-  config.dataset.eval_splits = ()
-  config.lr = 1e30  # the update after a few steps overflows
-  config.grad_clip = 0.0
-  with pytest.raises(train.NonFiniteLoss, match=r"non-finite loss .* at step (\d+)") as info:
-    train.train_and_evaluate(config, tmp_path)
-  bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
-  mngr = checkpoint.manager(tmp_path, keep=2, every=3)
-  assert mngr.latest_step() is None or mngr.latest_step() < bad_step
-  assert f"checkpoint is step {mngr.latest_step()}" in str(info.value)
 
 
 def test_two_processes_match_one_process(data_dir, tmp_path):

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mmjax.errors import UserError
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_ENV_VAR = "MMJAX_BPE_VOCAB"
 # Installed packages that ship BPE_FILENAME next to their __init__.py. They are located with
@@ -50,7 +52,7 @@ _SOT, _EOT, _EOW = "<|startoftext|>", "<|endoftext|>", "</w>"
 
 def _check_context_length(context_length: int) -> int:
   if int(context_length) < 2:
-    raise ValueError(f"context_length={context_length}: must be at least 2, room for the "
+    raise UserError(f"context_length={context_length}: must be at least 2, room for the "
                      "start-of-text and end-of-text tokens")
   return int(context_length)
 

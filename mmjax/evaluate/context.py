@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax.data import pipeline
+from mmjax.errors import UserError
 from mmjax.evaluate import embed
 
 
@@ -36,6 +37,8 @@ class Context:
     tokenizer: the text tokenizer (None for tasks without text).
     full: eval.py's report: per-class accuracy, confusion matrices and plots (into out_dir).
     sources: split -> random-access source already open (e.g. train.py's cached train split).
+    should_stop: asked between batches; when it returns True, embedding raises
+      mmjax.evaluate.embed.Interrupted (train.py: a SIGTERM during an evaluation).
   """
   task: Any
   model: Any
@@ -49,6 +52,7 @@ class Context:
   out_dir: pathlib.Path | None = None
   quiet: bool = False
   sources: dict = dataclasses.field(default_factory=dict, repr=False)
+  should_stop: Any = None
   _fns: dict = dataclasses.field(default_factory=dict, repr=False)
   _round: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -93,7 +97,7 @@ class Context:
       available = self.task.outputs(self.model)
       missing = [n for n in names if n not in available]
       if missing:
-        raise ValueError(f"task {self.task.name!r} has no output {missing}; its outputs are "
+        raise UserError(f"task {self.task.name!r} has no output {missing}; its outputs are "
                          f"{sorted(available)}")
       self._fns[names] = jax.jit(lambda v, b: {n: available[n](v, b) for n in names})
     return self._fns[names]
@@ -112,7 +116,7 @@ class Context:
       slot.update(embed.embed_source(
           self.outputs_fn(missing), self.variables, self.source(split), transform, self.mesh,
           self.batch_size, limit=limit, worker_count=self.config.get("worker_count", 0),
-          desc=split, quiet=self.quiet))
+          desc=split, quiet=self.quiet, should_stop=self.should_stop))
     return slot
 
   def encode_text(self, tokens: np.ndarray, desc: str = "prompts") -> np.ndarray:

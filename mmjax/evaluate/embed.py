@@ -30,6 +30,10 @@ from mmjax import parallel
 from mmjax.data import pipeline
 
 
+class Interrupted(Exception):
+  """Raised between batches when the caller's should_stop() turns true (e.g. a SIGTERM)."""
+
+
 def apply_transform(transform, element: dict) -> dict:
   """A grain transform on one example (eval transforms draw no randomness; a fixed rng is given)."""
   if hasattr(transform, "random_map"):
@@ -64,12 +68,14 @@ def _bar(total, desc, quiet):
 
 def embed_source(fn: Callable, variables, source, transform, mesh: Mesh, batch_size: int, *,
                  limit: int | None = None, worker_count: int = 0, desc: str | None = None,
-                 quiet: bool = False) -> dict[str, np.ndarray]:
+                 quiet: bool = False, should_stop: Callable[[], bool] | None = None
+                 ) -> dict[str, np.ndarray]:
   """fn(variables, batch) -> {name: (B, ...)} over source[0 .. n-1] (n = len(source), at most
   limit), concatenated in record order, with the transform's per-record scalars kept too (e.g.
   'label'): {name: (n, ...) numpy}, the same on every process.
 
-  fn should be jitted once per model: each call here reuses its compilation.
+  fn should be jitted once per model: each call here reuses its compilation. should_stop() is
+  asked before every batch; when it says True, Interrupted is raised.
   """
   n = len(source) if limit is None else min(limit, len(source))
   if n <= 0:
@@ -81,6 +87,8 @@ def embed_source(fn: Callable, variables, source, transform, mesh: Mesh, batch_s
   outs = []
   with _bar(n, desc, quiet) as bar:
     for host_batch in loader:
+      if should_stop is not None and should_stop():
+        raise Interrupted(f"stopped while embedding {desc or 'a split'}")
       batch = pipeline.to_global(host_batch, mesh)
       scalars = {k: v for k, v in batch.items() if v.ndim == 1}
       out = {**scalars, **fn(variables, batch)}

@@ -22,7 +22,8 @@ import inspect
 from collections.abc import Callable
 
 from mmjax import _lookup
-from mmjax.evaluate import builtin
+from mmjax.errors import UserError
+from mmjax.evaluate import builtin, embed
 
 BUILTIN = {name: f"mmjax.evaluate.builtin.{name}" for name in builtin.EVALUATORS}
 
@@ -57,7 +58,7 @@ def _check_settings(name: str, fn: Callable, settings: dict) -> None:
   accepted = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
   unknown = sorted(set(settings) - set(accepted))
   if unknown:
-    raise ValueError(f"config.evals.{name}: {fn.__name__} takes no setting {unknown}; it takes "
+    raise UserError(f"config.evals.{name}: {fn.__name__} takes no setting {unknown}; it takes "
                      f"{accepted} (and 'type', 'every')")
 
 
@@ -65,7 +66,7 @@ def _check_outputs(name: str, fn: Callable, settings: dict, available) -> None:
   needs = getattr(fn, "needs", None)
   missing = sorted(set(needs(settings) if needs else ()) - set(available))
   if missing:
-    raise ValueError(f"config.evals.{name}: {fn.__name__} needs the task outputs {missing}, and "
+    raise UserError(f"config.evals.{name}: {fn.__name__} needs the task outputs {missing}, and "
                      f"the task has {sorted(available)}")
 
 
@@ -82,7 +83,7 @@ def from_config(config, task, dataset, *, use_config: bool = True) -> list[Evalu
     kind = spec.pop("type", name)
     every = spec.pop("every", 0)
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
-      raise ValueError(f"config.evals.{name}.every must be an int >= 0 (0: after the last step) or "
+      raise UserError(f"config.evals.{name}.every must be an int >= 0 (0: after the last step) or "
                        f"None (eval.py only), got {every!r}")
     fn = get(kind)
     _check_settings(name, fn, spec)
@@ -92,13 +93,16 @@ def from_config(config, task, dataset, *, use_config: bool = True) -> list[Evalu
 
 
 def run(evaluators, ctx) -> dict:
-  """The merged results of the evaluators on ctx (with ctx.params)."""
+  """The merged results of the evaluators on ctx (with ctx.params); embed.Interrupted when
+  ctx.should_stop() turns true between two evaluators or two batches."""
   results = builtin.empty()
   for ev in evaluators:
+    if ctx.should_stop is not None and ctx.should_stop():
+      raise embed.Interrupted(f"stopped before evaluator {ev.name}")
     part = ev(ctx)
     clash = sorted(set(part.get("metrics", {})) & set(results["metrics"]))
     if clash:
-      raise ValueError(f"config.evals.{ev.name} reports metrics another evaluator reported: "
+      raise UserError(f"config.evals.{ev.name} reports metrics another evaluator reported: "
                        f"{clash[:5]}; give it other splits or settings")
     results["metrics"].update(part.get("metrics", {}))
     results["per_class_accuracy"].update(part.get("per_class_accuracy", {}))

@@ -115,12 +115,15 @@ def read_jsonl(path) -> list[dict]:
 
 
 def curves_plot(metrics_jsonl, path) -> pathlib.Path | None:
-  """One panel per logged training scalar against step; None when there is no training log."""
+  """One panel per logged training scalar against step; None when there is no training log.
+  A row of metrics.jsonl holds a step's training scalars ('loss', ...) and, when it was evaluated,
+  its evaluation metrics ('split/name', plotted by eval_curves_plot)."""
   rows = [r for r in read_jsonl(metrics_jsonl) if "loss" in r]
   if not rows:
     return None
   plt = _pyplot()
-  keys = [k for k in rows[0] if k != "step" and isinstance(rows[0][k], (int, float))]
+  keys = [k for k in rows[0] if k != "step" and "/" not in k
+          and isinstance(rows[0][k], (int, float))]
   cols = min(3, len(keys))
   nrows = math.ceil(len(keys) / cols)
   fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
@@ -140,13 +143,12 @@ def eval_curves_plot(metrics_jsonl, path) -> pathlib.Path | None:
   """One panel per evaluation metric ('zero_shot_top1', ...) against step, a line per split
   ('test', 'test_unseen'), from the evaluations train.py logged during training; None when
   fewer than two steps were evaluated."""
-  rows = [r for r in read_jsonl(metrics_jsonl) if "loss" not in r]
   series: dict[str, dict[str, list]] = {}
-  for r in rows:
+  for r in read_jsonl(metrics_jsonl):
     for key, value in r.items():
-      if key != "step" and isinstance(value, (int, float)):
+      if "/" in key and isinstance(value, (int, float)):
         split, _, name = key.rpartition("/")
-        series.setdefault(name, {}).setdefault(split or name, []).append((r["step"], value))
+        series.setdefault(name, {}).setdefault(split, []).append((r["step"], value))
   series = {n: lines for n, lines in series.items() if max(len(p) for p in lines.values()) > 1}
   if not series:
     return None

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.errors import UserError
 from mmjax.models.cnn import ConvNet
 from mmjax.models.common import Dtype, logical
 from mmjax.models.text import TextTransformer
@@ -57,9 +58,9 @@ class TwoTower(nn.Module):
 
   def setup(self):
     if self.loss not in LOSSES:
-      raise ValueError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
+      raise UserError(f"unknown loss {self.loss!r}; expected one of {LOSSES}")
     if self.lock not in LOCKS:
-      raise ValueError(f"unknown lock {self.lock!r}; expected one of {LOCKS}")
+      raise UserError(f"unknown lock {self.lock!r}; expected one of {LOCKS}")
     proj = lambda name: nn.Dense(
         self.embed_dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=logical(nn.initializers.lecun_normal(), "embed", "proj"), name=name)
@@ -124,13 +125,13 @@ def image_encoder(preset: str, overrides=None, *, dtype: Dtype = jnp.float32,
   """The image tower of a preset: its ViT with `overrides` replacing fields, or, when overrides
   holds arch='cnn', a ConvNet built from the other overrides (channels, pool, hue_pool)."""
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    raise UserError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
   overrides = dict(overrides or {})
   arch = overrides.pop("arch", "vit")
   if arch == "cnn":
     return ConvNet(**overrides, dtype=dtype, param_dtype=param_dtype)
   if arch != "vit":
-    raise ValueError(f"unknown image arch {arch!r}; expected 'vit' or 'cnn'")
+    raise UserError(f"unknown image arch {arch!r}; expected 'vit' or 'cnn'")
   return ViT(**{**PRESETS[preset]["image"], "dtype": dtype, "param_dtype": param_dtype,
                 "implementation": implementation, "remat": remat, "scan": scan, **overrides})
 
@@ -145,7 +146,7 @@ def two_tower(preset: str, *, loss: str = "clip", lock: str | None = None, dtype
   with arch='cnn' makes the image tower a ConvNet (see image_encoder).
   """
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    raise UserError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
   cfg = PRESETS[preset]
   common = dict(dtype=dtype, param_dtype=param_dtype, implementation=implementation, remat=remat,
                 scan=scan)

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from mmjax import parallel
 from mmjax.data import datasets, tokenizers
+from mmjax.errors import UserError
 
 Batch = dict[str, Any]
 """@private A batch: a dict of (B, ...) arrays, as the input pipeline gives it."""
@@ -89,12 +90,15 @@ def make_tokenizer(config):
     name = config.get("vocabulary") or config.dataset.name
     words = datasets.get(name).vocabulary
     if not words:
-      raise ValueError(f"tokenizer 'word' needs a closed vocabulary, and dataset {name!r} (config "
+      raise UserError(f"tokenizer 'word' needs a closed vocabulary, and dataset {name!r} (config "
                        "vocabulary or dataset.name) has none; use tokenizer 'byte' or 'clip'")
     return tokenizers.WordTokenizer(words, context_length=length)
   if kind == "clip":
-    return tokenizers.ClipTokenizer(config.get("bpe_path") or None, context_length=length)
-  raise ValueError(f"unknown tokenizer {kind!r}; expected 'byte', 'word' or 'clip'")
+    try:
+      return tokenizers.ClipTokenizer(config.get("bpe_path") or None, context_length=length)
+    except FileNotFoundError as e:
+      raise UserError(f"tokenizer 'clip' (config.bpe_path={config.get('bpe_path')!r}): {e}") from e
+  raise UserError(f"unknown tokenizer {kind!r}; expected 'byte', 'word' or 'clip'")
 
 
 def model_kwargs(model_config) -> dict:

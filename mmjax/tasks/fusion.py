@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
+from mmjax.errors import UserError
 from mmjax.models import fusion as fusion_lib
 from mmjax.models.text import TextTransformer
 from mmjax.models.two_tower import PRESETS, image_encoder
@@ -40,12 +41,12 @@ def fusion_module(spec) -> nn.Module:
   cls = getattr(fusion_lib, name, None) if isinstance(name, str) else None
   if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or name in ("ModalityShift",
                                                                             "MAG", "FiLM"):
-    raise ValueError(f"unknown fusion type {kind!r} (config.model.fusion.type); expected one of "
+    raise UserError(f"unknown fusion type {kind!r} (config.model.fusion.type); expected one of "
                      f"{sorted(FUSIONS)} or a class name {sorted(FUSIONS.values())}")
   try:
     return cls(**spec, name="fusion")
   except TypeError as e:
-    raise ValueError(f"config.model.fusion {dict(type=kind, **spec)}: {e}") from e
+    raise UserError(f"config.model.fusion {dict(type=kind, **spec)}: {e}") from e
 
 
 class FusionClassifier(nn.Module):
