@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
-from mmjax import errors, parallel, tasks
+from mmjax import errors, parallel, paths, tasks
 from mmjax.data import datasets, pipeline
 from mmjax.evaluate import builtin, context, embed, evaluators, load, report, zero_shot
 
@@ -42,7 +45,7 @@ def evaluate_workdir(config, workdir, checkpoint: int | None = None, weights: st
   if not workdir:
     raise errors.UserError("--workdir is required: the checkpoint is read and the report written "
                            "there")
-  workdir = pathlib.Path(workdir).expanduser().resolve()
+  workdir = paths.resolve(workdir, "--workdir")
   dataset = datasets.get(config.dataset.name)
 
   # --- mesh --------------------------------------------------------------------------------------
@@ -69,18 +72,36 @@ def evaluate_workdir(config, workdir, checkpoint: int | None = None, weights: st
   builder = pipeline.prepare(dataset.builder(), config.dataset.data_dir,
                              **dict(config.dataset.get("builder_kwargs", {})))
 
-  # --- evaluate ----------------------------------------------------------------------------------
+  # --- evaluate: the plots and report go to a local folder, copied to a URI workdir at the end ------
+  out_dir = _local_out_dir(workdir)
   ctx = context.Context(task, model, mesh, dataset, builder, config, tokenizer=tokenizer,
-                        params=params, full=True, out_dir=workdir, quiet=quiet)
+                        params=params, full=True, out_dir=out_dir, quiet=quiet)
   results = evaluators.run(evals, ctx)
   for spec in tfds_datasets:
     _merge(results, _tfds_zero_shot(ctx, spec, tfds_data_dir))
 
   # --- report ------------------------------------------------------------------------------------
-  return _write_report(workdir, source, results)
+  results = _write_report(out_dir, source, results)
+  if out_dir != workdir:
+    for f in out_dir.iterdir():
+      if f.name != "metrics.jsonl":
+        f.copy(workdir / f.name, overwrite=True)
+    shutil.rmtree(out_dir)
+  return results
 
 
-def _write_report(workdir: pathlib.Path, source: dict, results: dict) -> dict:
+def _local_out_dir(workdir):
+  """workdir itself when local; for a URI (gs://), a local temporary folder with a copy of its
+  metrics.jsonl: matplotlib and mmjax.evaluate.report write and read local files."""
+  if paths.scheme(workdir) is None:
+    return workdir
+  out_dir = epath.Path(tempfile.mkdtemp(prefix="mmjax_eval_"))
+  if (workdir / "metrics.jsonl").exists():
+    (workdir / "metrics.jsonl").copy(out_dir / "metrics.jsonl")
+  return out_dir
+
+
+def _write_report(workdir, source: dict, results: dict) -> dict:
   """metrics.json, the training curves and report.md; the suite's plots are already written."""
   log = workdir / "metrics.jsonl"
   curves = [report.curves_plot(log, workdir / "training_curves.png"),
@@ -90,7 +111,8 @@ def _write_report(workdir: pathlib.Path, source: dict, results: dict) -> dict:
   for split, matrix in results["confusion_matrix"].items():
     if len(matrix) > 100:   # e.g. 1000 classes: a .npy file rather than megabytes of JSON
       arrays.append(f"confusion_{split}.npy")
-      np.save(workdir / arrays[-1], np.asarray(matrix, np.int64))
+      with (workdir / arrays[-1]).open("wb") as f:
+        np.save(f, np.asarray(matrix, np.int64))
       results["confusion_matrix"][split] = arrays[-1]
   results = {"source": source, **results, "files": [p.name for p in plots] + arrays}
   (workdir / "metrics.json").write_text(json.dumps(_json_safe(results), indent=1))
@@ -184,7 +206,7 @@ def main(argv):
   if jax.process_index() == 0:
     for key, value in sorted(results["metrics"].items()):
       print(f"{key}: {value:.4f}", flush=True)
-    print(f"wrote to {pathlib.Path(f.workdir).expanduser().resolve()}: "
+    print(f"wrote to {paths.resolve(f.workdir)}: "
           + ", ".join(results["files"]), flush=True)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mmjax import errors, parallel, tasks
+from mmjax import errors, parallel, paths, tasks
 from mmjax.data import datasets, pipeline
 from mmjax.evaluate import context, embed, evaluators
 from mmjax.train import checkpoint, compat, state as state_lib, step as step_lib, validate
@@ -71,7 +70,7 @@ def train_and_evaluate(config, workdir, *, restart_data: bool = False) -> dict:
   builder = pipeline.prepare(dataset.builder(), config.dataset.data_dir,
                              **dict(config.dataset.get("builder_kwargs", {})))
   tokenizer = task.tokenizer(config)
-  train_source = builder.as_data_source(split=config.dataset.train_split)
+  train_source = dataset.source(builder, config.dataset.train_split)
   if config.dataset.get("cache", False):
     train_source = pipeline.InMemorySource(train_source, desc=f"caching {config.dataset.train_split}")
   transform = task.transform(config, dataset, train=True, tokenizer=tokenizer)
@@ -151,11 +150,13 @@ def train_and_evaluate(config, workdir, *, restart_data: bool = False) -> dict:
     writer.write(step, row)
     if stopping:
       mngr.wait_until_finished()
+      batches.close()
       progress.close()
       writer.close()
       print(f"SIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting", flush=True)
       return {"stopped_at": step}
   progress.close()
+  batches.close()   # the grain worker processes, if any
   mngr.wait_until_finished()
 
   # --- a run already at (or past) total_steps: evaluate the step it holds ---------------------------
@@ -190,16 +191,20 @@ def _grouped(metrics: dict) -> dict[str, dict]:
   return groups
 
 
-def _check_workdir(workdir) -> pathlib.Path:
+def _check_workdir(workdir):
+  """The workdir as an epath.Path (a local path resolved, a gs:// URI kept), created; a UserError
+  when it is missing, a file, on a scheme orbax cannot write checkpoints to, or not creatable."""
   if not workdir:
     raise errors.UserError("--workdir is required: where checkpoints and metrics go")
-  path = pathlib.Path(workdir).expanduser().resolve()
+  path = paths.resolve(workdir, "--workdir")
+  paths.check_checkpoint_dir(path)
   if path.exists() and not path.is_dir():
     raise errors.UserError(f"--workdir {path} exists and is not a directory")
   try:
     path.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise errors.UserError(f"--workdir {path} cannot be created: {e.strerror}") from e
+  except Exception as e:  # pylint: disable=broad-except  # OSError, or tf.io.gfile's errors
+    raise errors.UserError(f"--workdir {path} cannot be created: "
+                           f"{getattr(e, 'strerror', None) or errors.one_line(e)}") from e
   return path
 
 

@@ -1,6 +1,12 @@
 """CLIP ViT-B/16 on Conceptual Captions 3M held as img2dataset WebDataset shards, on a pod.
 
-Prepare once (per host, or on shared storage): the shards are read as streams, bad samples counted.
+Nothing to prepare: the shards are streamed (the "webdataset" dataset). Each shard's member
+offsets are indexed once, on first use, beside it (or under dataset.data_dir/shard_index if its
+folder is read-only; set builder_kwargs.index_dir to shared storage then); bad samples are skipped
+and counted. To index ahead, in 16 processes:
+
+    python -m mmjax.data.webdataset "/data/cc3m/{00000..00331}.tar" --workers 16
+
 Launch the same command on every host of a TPU pod slice (jax.distributed finds its peers), e.g.
 
     gcloud compute tpus tpu-vm ssh NAME --worker=all --command \

@@ -105,13 +105,16 @@ def shapes_data(variant: str = "", eval_splits=("test", "test_unseen")) -> ml_co
 def web_clip(shards: str, total_steps: int, variant: str = "", *,
              batch_size: int = 4096) -> ml_collections.ConfigDict:
   """CLIP B/16 with OpenCLIP's recipe (AdamW 5e-4, weight decay 0.2, 2,000 warmup steps, CLIP BPE,
-  bf16, scanned layers) on img2dataset WebDataset shards read by the image_text builder; "tiny":
-  the same code path on a CPU, tiny towers and byte tokens, a handful of steps."""
+  bf16, scanned layers) streamed from img2dataset WebDataset shards (the "webdataset" dataset:
+  nothing prepared; each shard's member offsets are indexed once, beside it or under data_dir);
+  16 grain worker processes per host (worker_count: the batches and the saved data position are
+  the same for any count); --workdir and data_dir may be gs:// URLs (mmjax.paths).
+  "tiny": the same code path on a CPU, tiny towers and byte tokens, a handful of steps."""
   check_variant(variant)
   c = base("clip", batch_size=batch_size, total_steps=total_steps, lr=5e-4,
            warmup_steps=2000, weight_decay=0.2, log_every=100, checkpoint_every=2000,
            keep_checkpoints=3, worker_count=16)
-  c.dataset = dataset("image_text", data_dir="/data/tfds", image_size=224, eval_splits=(),
+  c.dataset = dataset("webdataset", image_size=224, eval_splits=(),
                       builder_kwargs=dict(source=shards, max_size=256))
   c.model = model("B/16", dtype="bfloat16", scan=True)
   c.tokenizer, c.context_length = "clip", 77

@@ -4,6 +4,10 @@ every device).
 
     python train.py --config configs/laion_clip_b16.py --workdir /mnt/shared/laion_b16
 
+The shards are streamed, nothing prepared; indexing LAION's 41,408 shards takes about a day of
+one core, once: run `python -m mmjax.data.webdataset SHARDS --workers N` ahead, on several
+machines with parts of the brace range.
+
 Run the same command on every host, with the workdir on storage all hosts mount (see
 configs/cc3m_clip_b16.py and docs/guides/launch_tpu_pod.md for launching on a pod / SLURM).
 """

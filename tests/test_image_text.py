@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from mmjax.data import image_text, image_text_sources
+from mmjax.data import image_files, image_text, image_text_sources
 from mmjax.data.image_text import ImageText, expand_shards
 
 
@@ -384,17 +384,17 @@ def test_wide_mode_rules_exactly():
   wide = np.array([[0, 255, 256, 32768], [40000, 65280, 65534, 65535]], np.uint16)
   for mode, order in [("I;16", "<u2"), ("I;16L", "<u2"), ("I;16B", ">u2"), ("I;16N", "=u2")]:
     image = Image.frombytes(mode, (4, 2), wide.astype(order).tobytes())
-    np.testing.assert_array_equal(np.asarray(image_text._to_rgb(image))[..., 0], wide // 256)
+    np.testing.assert_array_equal(np.asarray(image_files._to_rgb(image))[..., 0], wide // 256)
   as_int = Image.fromarray(wide.astype(np.int32))
-  np.testing.assert_array_equal(np.asarray(image_text._to_rgb(as_int, sixteen_bit=True))[..., 1],
+  np.testing.assert_array_equal(np.asarray(image_files._to_rgb(as_int, sixteen_bit=True))[..., 1],
                                 wide // 256)
   floats = np.array([[np.nan, -np.inf, 1.0, 1.5], [2.0, 3.0, np.inf, 1.0]], np.float32)
-  got = np.asarray(image_text._to_rgb(Image.fromarray(floats)))
+  got = np.asarray(image_files._to_rgb(Image.fromarray(floats)))
   np.testing.assert_array_equal(got[..., 2], [[0, 0, 0, 64], [128, 255, 255, 0]])
   constant = Image.fromarray(np.full((2, 2), 7, np.int32))
-  np.testing.assert_array_equal(np.asarray(image_text._to_rgb(constant)), 0)
-  with pytest.raises(image_text._Bad, match="unsupported_mode"):
-    image_text._to_rgb(Image.new("La", (2, 2)))  # premultiplied alpha: Pillow cannot convert it
+  np.testing.assert_array_equal(np.asarray(image_files._to_rgb(constant)), 0)
+  with pytest.raises(image_files._Bad, match="unsupported_mode"):
+    image_files._to_rgb(Image.new("La", (2, 2)))  # premultiplied alpha: Pillow cannot convert it
   assert {"unsupported_mode", "too_many_pixels"} <= image_text.SKIP_REASONS.keys()
 
 

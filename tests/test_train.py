@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+import eval as eval_py
 import train
 from configs import (cc3m_clip_b16, digits_bimodal_ae, digits_dcca, digits_dccae, laion_clip_b16,
                      shapes_clip, shapes_fusion, shapes_siglip)
@@ -75,10 +76,19 @@ def test_tiny_configs_train_and_loss_decreases(module, data_dir, tmp_path):
 def test_real_data_configs_on_user_folder(module, caption_folder, data_dir, tmp_path):
   config = _tiny(module, data_dir, total_steps=12, log_every=2, checkpoint_every=6,
                  warmup_steps=1, tokenizer="byte")
+  config.dataset.name = "image_text"  # the configs stream shards by default (tests/test_shards.py)
   config.dataset.builder_kwargs = {"source": str(caption_folder / "captions.csv"), "max_size": 64}
+  if module is cc3m_clip_b16:  # with a validation split, retrieved and its pictures drawn
+    config.dataset.builder_kwargs["validation_fraction"] = 0.25
+    config.dataset.eval_splits = ("validation",)
+    config.evals = {"retrieval": {"type": "retrieval", "every": 0}}
   train.train_and_evaluate(config, tmp_path)
   losses = _losses(tmp_path)
   assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+  if module is cc3m_clip_b16:  # the report's pictures decode images read as their JPEG bytes
+    evaluated = eval_py.evaluate_workdir(config, tmp_path, quiet=True)
+    assert "retrieval_validation.png" in evaluated["files"], evaluated["files"]
+    assert evaluated["metrics"]["validation/i2t_recall@10"] > 0
 
 
 def _state_after(config, mesh, batches):

@@ -10,6 +10,7 @@ A dataset module defines `DATASET = Dataset(...)` beside its TFDS builder. The b
   shapes       mmjax.data.shapes       image + caption + label, colour, shape (CLIP, SigLIP, fusion)
   digits       mmjax.data.digits       view1 + view2 + label (deep CCA, DCCAE, bimodal autoencoder)
   image_text   mmjax.data.image_text   the user's image-caption pairs (CLIP, SigLIP)
+  webdataset   mmjax.data.webdataset   image-caption pairs streamed from WebDataset tar shards
 
 A user's dataset is any importable module with a DATASET (`dataset.name=my_pkg.my_dataset` in the
 config); nothing in mmjax needs editing.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from mmjax import _lookup
 
 BUILTIN = {"shapes": "mmjax.data.shapes", "digits": "mmjax.data.digits",
-           "image_text": "mmjax.data.image_text"}
+           "image_text": "mmjax.data.image_text", "webdataset": "mmjax.data.webdataset"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Dataset:
     builder: () -> the TFDS builder class (a function, so tensorflow_datasets loads only when the
       data is prepared).
     transform: (train=bool, image_size=int, tokenizer=...) -> a grain transform of one example into
-      model inputs (float32 images, int32 tokens, views) and the integer `fields` it keeps.
+      model inputs (uint8 or normalised float32 images, int32 tokens, views) and the integer
+      `fields` it keeps.
     class_names: the label's class names, in label order (zero-shot classifiers); () if none.
     templates: prompt templates with '{}' for a class name.
     fields: the integer fields an evaluated example keeps (e.g. 'label'); the eval transform
@@ -44,6 +46,8 @@ class Dataset:
     image_field: the field holding the image a two-tower model embeds (zero-shot).
     has_captions: whether examples pair the image with a caption (retrieval).
     vocabulary: the words of a closed-vocabulary corpus, for the 'word' tokenizer; () if open.
+    decoders: () -> the TFDS `decoders` its splits are read with (e.g. pipeline.image_decoders:
+      JPEG bytes left undecoded, so the transform decodes only the crop it takes); None: TFDS's.
   """
   name: str
   builder: Callable[[], type]
@@ -55,6 +59,13 @@ class Dataset:
   image_field: str = "image"
   has_captions: bool = True
   vocabulary: tuple[str, ...] = ()
+  decoders: Callable[[], dict] | None = None
+
+  def source(self, builder, split: str):
+    """The random-access source of a split of the prepared builder, read with `decoders`."""
+    if self.decoders is None:
+      return builder.as_data_source(split=split)
+    return builder.as_data_source(split=split, decoders=self.decoders())
 
 
 def get(name: str) -> Dataset:

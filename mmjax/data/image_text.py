@@ -44,8 +44,8 @@ by builder.skipped. A split with no usable pair is an error. Data is prepared on
 changing the source files, delete builder.data_dir or pass another config_name.
 
 Shards are read as streams, never extracted; only Pillow's common raster formats are decoded (never
-EPS and friends). Preparation runs on one host (a few decoding threads): for web-scale sets, read
-the shards directly or prepare with Beam. Reading the sources is mmjax.data.image_text_sources.
+EPS and friends). Preparation runs on one host (a few decoding threads), or on Apache Beam when
+download_config has a beam_runner or beam_options (mmjax.data.image_text_beam, same records).
 """
 from __future__ import annotations
 
@@ -54,20 +54,17 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import logging
-import math
 import os
 import pathlib
 import re
 import warnings
 
-import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, ImageOps
 
 from mmjax.data import datasets, pipeline
+from mmjax.data.image_files import MAX_PIXELS, _Bad, to_jpeg
 from mmjax.data.image_text_sources import (MAX_IMAGE_BYTES, Skip, Source, is_shard_spec,
                                            read_source, resolve_source)
 # the names users import from here since before the split into two modules
@@ -77,12 +74,7 @@ from mmjax.data.image_text_sources import (  # noqa: F401 pylint: disable=unused
 
 __all__ = ["ImageText", "ImageTextConfig", "expand_shards", "SKIP_REASONS"]
 
-PIL_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # never EPS, PDF, ...
 MAX_EXAMPLES_KEPT = 10
-MAX_PIXELS = 89_478_485  # Pillow's DecompressionBombWarning threshold; 0.27 GB as RGB
-RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")  # Pillow's convert
-ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")  # composited over white
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # to 8 bits first: _to_8bit
 
 
 @dataclasses.dataclass(eq=False)
@@ -147,10 +139,6 @@ def make_config(source=None, *, config_name=None, image_root=None, image_column=
 # ----------------------------------------------------------------------------------------------
 # Checking and re-encoding one sample
 
-class _Bad(Exception):
-  """A sample to skip, for `reason`."""
-
-
 def _read_file(path: pathlib.Path) -> bytes:
   if not path.is_file():
     raise _Bad("missing_image_file")
@@ -160,83 +148,6 @@ def _read_file(path: pathlib.Path) -> bytes:
     return path.read_bytes()
   except OSError as e:
     raise _Bad("unreadable_image_file") from e
-
-
-def _stretch(values: np.ndarray) -> np.ndarray:
-  """uint8 of values scaled from their finite min..max to 0..255."""
-  finite = values[np.isfinite(values)].astype(np.float64)
-  lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-  values = np.clip(np.nan_to_num(values.astype(np.float64), nan=lo), lo, hi) - lo
-  return np.rint(values * (255 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
-
-
-def _to_8bit(image: Image.Image, sixteen_bit: bool) -> Image.Image:
-  """A WIDE_MODES image as L (LA if it marks a value transparent). 16-bit values (I;16*, or I from a
-  PNG, as older Pillow opens them) keep the high byte, v >> 8 (the inverse of 8 -> 16 bit, v * 257);
-  I and F are stretched from their finite min..max to 0..255 (constant: black; NaN, -inf: min)."""
-  values = np.asarray(image)
-  grey = (values.astype(np.uint16) >> 8).astype(np.uint8) if sixteen_bit else _stretch(values)
-  clear = image.info.get("transparency")
-  if isinstance(clear, (int, float)):  # PNG tRNS of 16-bit grey
-    return Image.fromarray(np.dstack([grey, np.where(values == clear, 0, 255).astype(np.uint8)]))
-  return Image.fromarray(grey)
-
-
-def _to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
-  """8-bit RGB, transparency over white; _Bad("unsupported_mode") for a mode it cannot convert."""
-  if image.mode in WIDE_MODES:
-    image = _to_8bit(image, sixteen_bit or image.mode.startswith("I;16"))
-  if image.mode == "RGB":
-    return image
-  if image.mode not in RGB_MODES + ALPHA_MODES:  # LAB, HSV, La, ...
-    raise _Bad("unsupported_mode")
-  if image.mode in ALPHA_MODES or "transparency" in image.info:
-    image = image.convert("RGBA")
-    background = Image.new("RGB", image.size, (255, 255, 255))
-    background.paste(image, mask=image.getchannel("A"))
-    return background
-  return image.convert("RGB")
-
-
-@functools.cache
-def _pil_formats() -> tuple[str, ...]:
-  """PIL_FORMATS that this Pillow can open (all plugins registered first)."""
-  Image.init()
-  return tuple(f for f in PIL_FORMATS if f in Image.OPEN)
-
-
-def to_jpeg(data: bytes, max_size: int | None, quality: int = 95,
-            max_pixels: int | None = MAX_PIXELS) -> bytes:
-  """Decodes `data` fully (raising _Bad on any failure; an image over max_pixels is never
-  decoded), makes it upright 8-bit RGB with the shorter side <= max_size, and returns JPEG bytes:
-  `data` itself when it is already such a JPEG."""
-  try:
-    image = Image.open(io.BytesIO(data), formats=_pil_formats())  # reads the header only
-    if max_pixels is not None and image.width * image.height > max_pixels:
-      raise _Bad("too_many_pixels")
-    shrink = max_size is not None and min(image.size) > max_size
-    if shrink:  # JPEG only: decode at the smallest DCT scale that stays >= the target
-      scale = max_size / min(image.size)
-      image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-    image.load()
-    upright = image.getexif().get(0x0112, 1) in (0, 1)
-    if not shrink and upright and image.format == "JPEG" and image.mode == "RGB":
-      return data
-    sixteen_bit = image.mode == "I" and image.format == "PNG"
-    image = _to_rgb(image if upright else ImageOps.exif_transpose(image), sixteen_bit)
-    if shrink:
-      scale = max_size / min(image.size)
-      size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-      image = image.resize(size, Image.BICUBIC)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
-    return out.getvalue()
-  except _Bad:
-    raise
-  except Image.DecompressionBombError as e:  # over Pillow's own limit, whatever max_pixels says
-    raise _Bad("too_many_pixels") from e
-  except Exception as e:  # noqa: BLE001 - whatever the decoder says, the image is unusable
-    raise _Bad("undecodable_image") from e
 
 
 def _ordered_map(fn, items, workers: int):
@@ -308,6 +219,7 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
     prepared = self.data_path.exists()
     if not prepared:
       self._inputs()
+    self._download_config = kwargs.get("download_config")  # Beam runner, options: see below
     super().download_and_prepare(**kwargs)
     if not prepared:
       print(f"{self.name}/{self.builder_config.name}: prepared in {self.data_dir}; skip counts in "
@@ -334,9 +246,15 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # nothing to download
     inputs = self._inputs()
     # Skips that have no key (a bad JSON line, a broken shard) count once, in the first split.
-    return {split: self._generate_examples(split, inp, owns_unkeyed=split == "train"
-                                           or inp is not inputs["train"])
-            for split, inp in inputs.items()}
+    owns = {split: split == "train" or inp is not inputs["train"] for split, inp in inputs.items()}
+    from mmjax.data import image_text_beam  # pylint: disable=import-outside-toplevel (a cycle)
+    if image_text_beam.wants_beam(getattr(self, "_download_config", None)):  # on Apache Beam
+      return image_text_beam.split_transforms(self, inputs, owns)
+    return {s: self._generate_examples(s, inp, owns[s]) for s, inp in inputs.items()}
+
+  def _process_pipeline_result(self, pipeline_result):  # after a Beam run: the skip counts
+    from mmjax.data import image_text_beam  # pylint: disable=import-outside-toplevel
+    image_text_beam.record_skips(self)
 
   def _generate_examples(self, split: str, inp: Source, owns_unkeyed: bool):
     cfg = self.builder_config
@@ -390,12 +308,12 @@ class ImageText(tfds.core.GeneratorBasedBuilder):
 
 
 def transform(*, train: bool, image_size: int = 224, tokenizer=None) -> pipeline.ImageTextTransform:
-  """Example -> {'image', 'tokens'}: a random resized crop when training, resize + central crop
-  for evaluation."""
+  """Example -> {'image': (S, S, 3) uint8, 'tokens'}: random resized crop (train), OpenCLIP's
+  resize + central crop (eval); fastest on a source opened with pipeline.image_decoders()."""
   return pipeline.ImageTextTransform(image_size, tokenizer, train=train, keep=())
 
 
 DATASET = datasets.Dataset("image_text", builder=lambda: ImageText, transform=transform,
-                           fields=())
+                           fields=(), decoders=pipeline.image_decoders)
 """Your own image-caption pairs for training and evaluation (mmjax.data.datasets): no labels, so
 retrieval is what evaluates them (eval.py --tfds adds zero-shot on a labelled dataset)."""

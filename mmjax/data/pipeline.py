@@ -11,9 +11,10 @@
 The global batch sequence is a function of (seed, global batch size) alone: every process walks the
 same shuffled record order and reads only its own slice of each global batch (GlobalBatchSampler),
 so 1 process with 8 devices and 2 processes with 4 see the same global batches, and no record is
-read twice. Augmentation draws from a per-record generator keyed by the record's global position, so
-the iterator position alone (a few integers) makes a resumed run see the same batches as an
-uninterrupted one.
+read twice; so does any worker_count (grain worker processes compute whole batches:
+mmjax.data.batches). Augmentation draws from a per-record generator keyed by the record's global
+position, so the iterator position alone (batches taken) makes a resumed run see the same batches
+as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -25,28 +26,33 @@ from collections.abc import Callable, Sequence
 import grain.python as grain
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 from PIL import Image
 from tqdm import tqdm
 
-from mmjax import parallel
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from mmjax import parallel, paths
+from mmjax._pixels import CLIP_MEAN, CLIP_STD
+from mmjax.data import decode
+from mmjax.data.batches import HostBatches, batch_count
+from mmjax.data.decode import as_rgb  # noqa: F401 - pipeline.as_rgb since before decode.py
 
 
 def normalize(images: np.ndarray, mean: Sequence[float] = CLIP_MEAN,
               std: Sequence[float] = CLIP_STD) -> np.ndarray:
-  """uint8 (..., 3) images -> float32 (x / 255 - mean) / std per channel (CLIP's statistics)."""
+  """uint8 (..., 3) images -> float32 (x / 255 - mean) / std per channel (CLIP's statistics), on
+  the host: the image towers do the same on the device (mmjax.models.common.image_input) for the
+  uint8 batches ImageTextTransform sends."""
   return (np.asarray(images).astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
 
 
 def prepare(builder_cls, data_dir: str | pathlib.Path, *, download: bool = True, **builder_kwargs):
   """The builder, prepared once under data_dir (no network: every mmjax builder generates or reads
-  local files). With download=False a missing dataset is an error naming the directory."""
-  data_dir = pathlib.Path(data_dir).expanduser().resolve()
+  local files). data_dir: a local path (resolved) or a URI TFDS reads (gs://, ...: mmjax.paths).
+  With download=False a missing dataset is an error naming the directory."""
+  data_dir = paths.resolve(data_dir, "data_dir")
   builder = builder_cls(data_dir=str(data_dir), **builder_kwargs)
-  if not pathlib.Path(builder.data_dir).exists():
+  if not epath.Path(builder.data_dir).exists():
     if not download:
       raise FileNotFoundError(f"dataset {builder.name} is not prepared under {data_dir} (looked for "
                               f"{builder.data_dir}); prepare it with download=True")
@@ -54,51 +60,33 @@ def prepare(builder_cls, data_dir: str | pathlib.Path, *, download: bool = True,
   return builder
 
 
-def as_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
-  """(H, W, 3) uint8 from (H, W, 3), (H, W, 1) or (H, W) (grey is repeated); else a ValueError."""
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3):
-    raise ValueError(f"{where}: expected an image of shape (height, width, 3) or (height, width, 1),"
-                     f" got shape {image.shape}")
-  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Resize the shorter side to `size` (bicubic), then take the central size x size crop."""
-  h, w = image.shape[:2]
-  if (h, w) == (size, size):
-    return image
-  scale = size / min(h, w)
-  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-  image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
-  top, left = (nh - size) // 2, (nw - size) // 2
-  return image[top:top + size, left:left + size]
+  """(size, size, 3) uint8 as OpenCLIP evaluates: the shorter side resized to `size` (bicubic; the
+  longer side int(size * long / short), truncated), then the central crop with rounded offsets
+  (torchvision Resize + CenterCrop; mmjax.data.decode.decode_center)."""
+  return decode.decode_center(as_rgb(image), size)
 
 
 def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
                         scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-  """Inception-style crop (Szegedy et al. 2015) of a random area fraction in `scale` and aspect ratio
-  in `ratio`, resized to size x size; falls back to the central crop after 10 tries."""
-  h, w = image.shape[:2]
-  for _ in range(10):
-    area = h * w * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    ch, cw = round(np.sqrt(area / aspect)), round(np.sqrt(area * aspect))
-    if 0 < ch <= h and 0 < cw <= w:
-      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-      crop = Image.fromarray(image[top:top + ch, left:left + cw])
-      return np.asarray(crop.resize((size, size), Image.BICUBIC))
-  return resize_center_crop(image, size)
+  """Inception-style crop (Szegedy et al. 2015) of a decoded (H, W, 3) image: the window of
+  decode.crop_window (a random area fraction in `scale` and aspect ratio in `ratio`; the central
+  square after 10 tries), cut out and resized to size x size (bicubic). The reference for the fast
+  path, decode.decode_random_crop, which draws the same window and decodes less."""
+  top, left, ch, cw = decode.crop_window(*image.shape[:2], rng, scale, ratio)
+  crop = Image.fromarray(np.ascontiguousarray(image[top:top + ch, left:left + cw]))
+  return np.asarray(crop.resize((size, size), Image.BICUBIC))
 
 
 @dataclasses.dataclass
 class ImageTextTransform(grain.RandomMapTransform):
-  """One example -> {'image': (S, S, 3) float32 normalised, 'tokens': (L,) int32, **labels}.
+  """One example -> {'image': (S, S, 3) uint8, 'tokens': (L,) int32, **labels}.
 
-  train=True: random resized crop (no flips: captions say "left of"); train=False: resize + central
-  crop. Keys in `keep` (e.g. 'label') are passed through.
+  The image is encoded bytes (a source opened with decoders=image_decoders(), the fast path: the
+  crop window is drawn from the header and JPEGs decode at reduced size) or a decoded (H, W[, C])
+  uint8 array. train=True: random resized crop (no flips: captions say "left of"); train=False:
+  OpenCLIP's resize + central crop. Images stay uint8 (4x fewer bytes than float32): the image
+  towers normalise them on the device. Keys in `keep` (e.g. 'label') are passed through.
   """
   image_size: int
   tokenizer: Callable[..., np.ndarray]
@@ -107,23 +95,29 @@ class ImageTextTransform(grain.RandomMapTransform):
   text_key: str = "caption"
   keep: Sequence[str] = ("label",)
   crop_scale: tuple[float, float] = (0.9, 1.0)
-  mean: Sequence[float] = CLIP_MEAN
-  std: Sequence[float] = CLIP_STD
 
   def random_map(self, element, rng: np.random.Generator):
-    """One example {image (H, W, 3|1) uint8, caption str|bytes, ...} -> {'image': (S, S, 3)
-    float32, 'tokens': (L,) int32, kept keys}; rng draws the crop (grain keys it by record)."""
-    image = as_rgb(element[self.image_key], where=f"example {element.get('id', '')!r}".strip())
+    """One example {image: bytes or (H, W, 3|1) uint8, caption: str|bytes, ...} -> {'image':
+    (S, S, 3) uint8, 'tokens': (L,) int32, kept keys}; rng draws the crop (grain keys it by
+    record)."""
+    where = f"example {element.get('id', '')!r}".strip()
+    data = element[self.image_key]
     if self.train:
-      image = random_resized_crop(image, self.image_size, rng, self.crop_scale)
+      image = decode.decode_random_crop(data, self.image_size, rng, self.crop_scale, where=where)
     else:
-      image = resize_center_crop(image, self.image_size)
-    image = normalize(image, self.mean, self.std)
+      image = decode.decode_center(data, self.image_size, where=where)
     caption = element[self.text_key]
     caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
     out = {"image": image, "tokens": np.asarray(self.tokenizer([caption])[0], np.int32)}
     out.update({k: np.asarray(element[k]) for k in self.keep if k in element})
     return out
+
+
+def image_decoders(image_key: str = "image") -> dict:
+  """as_data_source(decoders=...) that leaves image_key as its stored (JPEG, PNG) bytes: TFDS would
+  decode the full image in the source; ImageTextTransform decodes only what the crop needs."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return {image_key: tfds.decode.SkipDecoding()}
 
 
 def host_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
@@ -216,25 +210,34 @@ class PaddedSource:
 def make_loader(source, transforms: grain.Transformation | Sequence[grain.Transformation], *,
                 global_batch_size: int, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, drop_remainder: bool = True,
-                worker_count: int = 0) -> grain.DataLoader:
-  """A grain DataLoader over this process's records of `source`, batched to the host batch size.
+                worker_count: int = 0, read_threads: int | None = None) -> HostBatches:
+  """This process's host batches of `source` (HostBatches: iterate it, or BatchIterator(it, mesh)).
 
   num_epochs=None repeats forever (training); evaluation passes num_epochs=1 and shuffle=False
-  (with a PaddedSource, so every batch is whole). A source held in memory (InMemorySource, or a
-  PaddedSource of one) is read without reader threads (grain's advice for data in memory: 16
-  threads contend for the GIL and cost ~10x the transform itself).
+  (with a PaddedSource, so every batch is whole). transforms: grain MapTransforms and
+  RandomMapTransforms, applied per record (a filter would change the batch sizes).
+  worker_count > 0 computes whole batches in that many grain worker processes (the transforms and
+  the source must then pickle); the batches are the same for every worker_count. read_threads
+  read each batch's records (default 16; none for a source held in memory: InMemorySource or a
+  PaddedSource of one, where threads only contend for the GIL, ~10x the transform itself).
   """
   if len(source) == 0:
     raise ValueError("the data source is empty: nothing to load")
   transforms = [transforms] if isinstance(transforms, grain.Transformation) else list(transforms)
+  for t in transforms:
+    if not isinstance(t, (grain.MapTransform, grain.RandomMapTransform)):
+      raise ValueError(f"make_loader: transform {type(t).__name__} is not a grain MapTransform or "
+                       "RandomMapTransform (one record in, one out, so batches stay whole)")
+  if worker_count < 0:
+    raise ValueError(f"worker_count={worker_count}: expected an int >= 0")
   sampler = GlobalBatchSampler(len(source), global_batch_size, shuffle=shuffle, seed=seed,
                                num_epochs=num_epochs)
-  batch = grain.Batch(host_batch_size(global_batch_size), drop_remainder=drop_remainder)
   in_memory = isinstance(source, InMemorySource) or getattr(source, "in_memory", False)
-  read = grain.ReadOptions(num_threads=0) if in_memory else None
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=[*transforms, batch],
-                          worker_count=worker_count, shard_options=grain.NoSharding(),
-                          read_options=read)
+  threads = (0 if in_memory else 16) if read_threads is None else read_threads
+  local = host_batch_size(global_batch_size)
+  total = None if num_epochs is None else len(source) * num_epochs
+  return HostBatches(source, sampler, transforms, local, batch_count(
+      total, global_batch_size, local, jax.process_index(), drop_remainder), worker_count, threads)
 
 
 def to_global(host_batch: dict, mesh: Mesh) -> dict:
@@ -256,23 +259,36 @@ def to_global(host_batch: dict, mesh: Mesh) -> dict:
 
 
 class BatchIterator:
-  """Iterates global batches; its position is a JSON string (get_state / set_state)."""
+  """Iterates global batches; its position is a JSON string (get_state / set_state) that any
+  worker_count resumes. The grain iterator (and its worker processes) starts at the first batch
+  asked for, so set_state before it costs no second start; close() stops the workers."""
 
-  def __init__(self, loader: grain.DataLoader, mesh: Mesh):
-    self._iterator = iter(loader)
-    self._mesh = mesh
+  def __init__(self, loader: HostBatches, mesh: Mesh):
+    self._loader, self._mesh = loader, mesh
+    self._position, self._iterator = 0, None
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    return to_global(next(self._iterator), self._mesh)
+    if self._iterator is None:
+      self._iterator = self._loader.iterate(self._position)
+    batch = next(self._iterator)
+    self._position += 1
+    return to_global(batch, self._mesh)
 
   def get_state(self) -> str:
     """The iterator position as a JSON string (save it beside the train state)."""
-    state = self._iterator.get_state()
-    return state.decode() if isinstance(state, bytes) else json.dumps(state)
+    return json.dumps(self._loader.state(self._position), indent=4)
 
   def set_state(self, state: str) -> None:
     """Moves to a position from get_state: the next batch is the one that followed it."""
-    self._iterator.set_state(state.encode())
+    position = self._loader.position(json.loads(state))
+    self.close()
+    self._position = position
+
+  def close(self) -> None:
+    """Stops the grain iterator and its worker processes (the next batch starts them again)."""
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mmjax.data import pipeline
+from mmjax.data import decode, pipeline
 from mmjax.errors import UserError
 from mmjax.evaluate import embed
 
@@ -84,7 +84,7 @@ class Context:
     """The random-access source of a split; an eval split is held in memory across rounds when
     config.dataset.cache is set."""
     if split not in self.sources:
-      source = self.builder.as_data_source(split=split)
+      source = self.dataset.source(self.builder, split)
       if self.config.dataset.get("cache", False) and split in self.splits():
         source = pipeline.InMemorySource(source, desc=f"caching {split}")
       self.sources[split] = source
@@ -126,7 +126,10 @@ class Context:
                             self.batch_size, desc=desc, quiet=self.quiet)["text"]
 
   def records(self, split: str, indices, key: str) -> list:
-    """source[i][key] for a few records (strings decoded), e.g. captions and images for plots."""
+    """source[i][key] for a few records (strings decoded; images kept as their encoded bytes by
+    the dataset's decoders decoded to (H, W, 3) uint8), e.g. captions and images for plots."""
     source = self.source(split)
     values = [source[int(i)][key] for i in indices]
+    if key == self.dataset.image_field:
+      return [decode.as_rgb(np.asarray(decode.open_image(v).convert("RGB"))) for v in values]
     return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]

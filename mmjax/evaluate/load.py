@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from mmjax import parallel, tasks
+from mmjax import parallel, paths, tasks
 from mmjax.errors import UserError
 from mmjax.train import checkpoint, compat
 
@@ -27,7 +27,7 @@ WEIGHTS_TASK = "clip"
 """The task of imported CLIP weights (load_weights): a two-tower model."""
 
 
-def _step_dir(workdir: pathlib.Path, step: int | None) -> tuple[ocp.CheckpointManager, int]:
+def _step_dir(workdir, step: int | None) -> tuple[ocp.CheckpointManager, int]:
   if not (workdir / "checkpoints").is_dir():
     raise UserError(f"no checkpoints in {workdir} (looked for {workdir / 'checkpoints'}): train "
                     "there with train.py first, or pass --weights")
@@ -44,7 +44,7 @@ def _step_dir(workdir: pathlib.Path, step: int | None) -> tuple[ocp.CheckpointMa
 
 def restore_params(config, workdir, mesh: Mesh, step: int | None = None):
   """(model, params placed on mesh, step) of the latest (or given) checkpoint in workdir."""
-  workdir = pathlib.Path(workdir).expanduser().resolve()
+  workdir = paths.resolve(workdir, "--workdir")
   mngr, step = _step_dir(workdir, step)
   task = tasks.get(config.task)
   model = task.build_model(config)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.common import Dtype, logical
+from mmjax.models.common import Dtype, image_input, logical
 
 POOLS = ("max", "mean")
 
@@ -55,7 +55,7 @@ class ConvNet(nn.Module):
     if self.hue_pool and images.shape[-1] != 3:
       raise ValueError(f"ConvNet(hue_pool=True) expects RGB images (3 channels), got shape "
                        f"{images.shape}")
-    x = images.astype(self.dtype)
+    x = image_input(images, self.dtype)  # uint8 pixels are normalised here
     colour = None
     for i, c in enumerate(self.channels):
       conv = nn.Conv(c, (3, 3), strides=(2, 2), padding=1, dtype=self.dtype,

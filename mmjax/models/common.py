@@ -9,6 +9,7 @@
   named_dense         nn.Dense with logically named kernel and bias
   MlpHead             hidden Dense + activation layers, then an output Dense: (B, D) -> (B, out_dim)
   check_modalities    checks a list of (B, d_i) modality arrays, ValueError naming the bad one
+  image_input         uint8 pixels -> CLIP-normalised floats inside the jitted step (image towers)
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mmjax._pixels import CLIP_MEAN, CLIP_STD
 
 Dtype = Any
 """@private The type of dtype arguments (a numpy or jax dtype)."""
@@ -41,6 +44,17 @@ def activation(name: str):
   if name not in ACTIVATIONS:
     raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
+
+
+def image_input(images, dtype, mean=CLIP_MEAN, std=CLIP_STD):
+  """(B, H, W, C) images as the tower computes on them, in `dtype`: uint8 pixels are normalised
+  on the device, (x / 255 - mean) / std per channel (in float32, then cast), so the host sends 1
+  byte per value instead of 4; float images are taken as already normalised and only cast."""
+  if images.dtype != jnp.uint8:
+    return images.astype(dtype)
+  mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  return ((images.astype(jnp.float32) / 255.0 - mean[:images.shape[-1]])
+          / std[:images.shape[-1]]).astype(dtype)
 
 
 class LayerNorm(nn.LayerNorm):

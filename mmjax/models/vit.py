@@ -11,7 +11,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mmjax.models.common import Dtype, LayerNorm, logical
+from mmjax.models.common import Dtype, LayerNorm, image_input, logical
 from mmjax.models.transformer import Attention, Encoder, Mlp
 
 POOLS = ("cls", "map", "gap")
@@ -81,6 +81,7 @@ class ViT(nn.Module):
       raise ValueError(f"image size {images.shape[1:3]} is not divisible by patch_size={p}")
     norm = functools.partial(LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype,
                              param_dtype=self.param_dtype)
+    images = image_input(images, self.dtype)  # uint8 pixels are normalised here
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.patch_bias,
                 dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=logical(nn.initializers.lecun_normal(), None, None, "patch", "embed"),

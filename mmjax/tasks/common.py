@@ -119,9 +119,10 @@ def text_overrides(config) -> dict:
 
 
 def image_text_batch(config, batch_size: int) -> Batch:
-  """Zeros shaped like an image-caption batch: image (B, S, S, 3), tokens (B, L), label (B,)."""
+  """Zeros shaped like an image-caption batch: image (B, S, S, 3) uint8 (the towers normalise it),
+  tokens (B, L), label (B,)."""
   s = config.dataset.image_size
-  return {"image": np.zeros((batch_size, s, s, 3), np.float32),
+  return {"image": np.zeros((batch_size, s, s, 3), np.uint8),
           "tokens": np.zeros((batch_size, config.context_length), np.int32),
           "label": np.zeros((batch_size,), np.int32)}
 

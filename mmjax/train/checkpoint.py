@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import pathlib
 import sys
 
 import jax
@@ -28,17 +27,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from mmjax import paths
 from mmjax.errors import UserError
 
 DAMAGED = ".damaged"
 """Suffix of a damaged step's folder: `6.damaged` is no step name to orbax (digits only)."""
 
 
-def manager(workdir: str | pathlib.Path, *, keep: int, every: int,
-            async_save: bool = True) -> ocp.CheckpointManager:
+def manager(workdir, *, keep: int, every: int, async_save: bool = True) -> ocp.CheckpointManager:
   """An orbax CheckpointManager for workdir/checkpoints: items 'state', 'data' and 'config',
-  `keep` latest steps kept, a save every `every` steps, asynchronous unless async_save=False."""
-  path = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
+  `keep` latest steps kept, a save every `every` steps, asynchronous unless async_save=False.
+  workdir: a local path (resolved) or a gs:// URI (mmjax.paths)."""
+  paths.check_checkpoint_dir(workdir)
+  path = paths.resolve(workdir, "workdir") / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                          enable_async_checkpointing=async_save, create=True)
   # orbax warns of a step's missing or junk _CHECKPOINT_METADATA (a time stamp it can do without);

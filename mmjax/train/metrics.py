@@ -8,53 +8,52 @@ repeats), and writing a step that is already the last row merges into it.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
+
+from mmjax import paths
 
 
-def _rows(path: pathlib.Path) -> list[dict]:
+def _rows(path) -> list[dict]:
   if not path.exists():
     return []
   rows = []
   for line in path.read_text(encoding="utf-8").splitlines():
     try:
       rows.append(json.loads(line))
-    except json.JSONDecodeError:     # a line cut by a kill during a write: dropped
+    except json.JSONDecodeError:     # a line cut by a kill during a write (older runs): dropped
       continue
   return rows
 
 
-def _rewrite(path: pathlib.Path, rows: list[dict]) -> None:
-  """Replaces the file atomically (write a sibling, rename over)."""
+def _rewrite(path, rows: list[dict]) -> None:
+  """Replaces the file whole (write a sibling, rename over: atomic on a local disk; object stores
+  such as gs:// have no append, so every write is a rewrite, of a file of one row per log step)."""
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 class MetricWriter:
   """Writes scalars to workdir/metrics.jsonl and workdir/tensorboard (process 0 only).
 
-  resume_step: the step the run starts from (0 for a fresh run); rows of later steps already in
-  metrics.jsonl are dropped.
+  workdir: a local path or a URI (gs://, ...: mmjax.paths); resume_step: the step the run starts
+  from (0 for a fresh run); rows of later steps already in metrics.jsonl are dropped.
   """
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True, resume_step: int = 0):
+  def __init__(self, workdir, enabled: bool = True, resume_step: int = 0):
     self._enabled = enabled
-    self._jsonl = None
     self._tb = None
-    self._last = None
+    self._rows = []
     if not enabled:
       return
-    self._path = pathlib.Path(workdir) / "metrics.jsonl"
+    workdir = paths.resolve(workdir, "workdir")
+    self._path = workdir / "metrics.jsonl"
     rows = _rows(self._path)
-    kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= resume_step]
-    if len(kept) != len(rows):
-      _rewrite(self._path, kept)
-    self._last = kept[-1] if kept else None
-    self._jsonl = open(self._path, "a", encoding="utf-8")
+    self._rows = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= resume_step]
+    if len(self._rows) != len(rows):
+      _rewrite(self._path, self._rows)
     try:
       from flax.metrics import tensorboard  # pylint: disable=import-outside-toplevel
-      self._tb = tensorboard.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._tb = tensorboard.SummaryWriter(str(workdir / "tensorboard"))  # tf.io.gfile: URIs too
     except ImportError:  # TensorBoard event files need tensorflow
       self._tb = None
 
@@ -63,25 +62,18 @@ class MetricWriter:
     same step) and each scalar to TensorBoard; nothing for empty scalars."""
     if not self._enabled or not scalars:
       return
-    if self._last is not None and self._last["step"] == step:
-      self._last = {**self._last, **scalars}
-      self._jsonl.close()
-      _rewrite(self._path, _rows(self._path)[:-1] + [self._last])
-      self._jsonl = open(self._path, "a", encoding="utf-8")
+    if self._rows and self._rows[-1]["step"] == step:
+      self._rows[-1] = {**self._rows[-1], **scalars}
     else:
-      self._last = {"step": step, **scalars}
-      self._jsonl.write(json.dumps(self._last) + "\n")
-      self._jsonl.flush()
+      self._rows.append({"step": step, **scalars})
+    _rewrite(self._path, self._rows)
     if self._tb is not None:
       for key, value in scalars.items():
         self._tb.scalar(key, value, step)
       self._tb.flush()
 
   def close(self) -> None:
-    """Closes both files (metrics.jsonl and the TensorBoard writer)."""
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
+    """Closes the TensorBoard writer (metrics.jsonl is complete after every write)."""
     if self._tb is not None:
       self._tb.close()
       self._tb = None
