@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -211,7 +210,7 @@ def _check_workdir(workdir):
 FINITE = ("loss", "grad_norm", "param_norm")
 
 
-def _check_finite(pending, mngr, config=None) -> dict:
+def _check_finite(pending, mngr, config) -> dict:
   """Host values of the last step's metrics; NonFiniteLoss naming the first step whose loss,
   gradient norm or updated-parameter norm is not finite (that state is never saved, so the
   latest checkpoint is a finite state)."""
@@ -223,11 +222,10 @@ def _check_finite(pending, mngr, config=None) -> dict:
       last = mngr.latest_step()
       where = (f"The last good checkpoint is step {last} in {mngr.directory}" if last is not None
                else "No checkpoint was saved before it")
-      lr = f" (now {config.lr})" if config is not None else ""
       raise NonFiniteLoss(
           f"non-finite {', '.join(bad)} at step {step} "
           f"({', '.join(f'{k} {v:.4g}' for k, v in values.items())}); stopping, this state is not "
-          f"saved. {where}. Lower config.lr{lr} or set config.grad_clip.")
+          f"saved. {where}. Lower config.lr (now {config.lr}) or set config.grad_clip.")
   return {k: float(v) for k, v in pending[-1][1].items()}
 
 

@@ -8,7 +8,7 @@ import pytest
 from absl.testing import parameterized
 
 from mmjax import losses
-from tests import reference as ref
+from tests import loss_checks, reference as ref
 
 
 def directional_fd(f, args, i, rng, h=1e-6):
@@ -68,13 +68,7 @@ class VariantsTest(chex.TestCase):
     ours, theirs = VARIANT_CASES[name]
     rng = np.random.default_rng(5)
     xs, ys = map(np.stack, zip(*(ref.random_pairs(rng, 12, 6) for _ in range(2))))  # (2, 12, 6)
-    with jax.enable_x64(True):
-      loss = self.variant(ours)
-      each = [loss(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
-      for value, x, y in zip(each, xs, ys):
-        np.testing.assert_allclose(value, theirs(x, y), rtol=1e-10)
-      batched = self.variant(jax.vmap(ours))(jnp.asarray(xs), jnp.asarray(ys))
-      np.testing.assert_allclose(batched, each, rtol=1e-12)
+    loss_checks.value_and_vmap(self.variant, ours, theirs, xs, ys, rtol=1e-10)
 
 
 def test_float32_matches_float64_reference():

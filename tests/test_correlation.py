@@ -18,6 +18,7 @@ from sklearn.cross_decomposition import CCA
 
 from mmjax.losses import (barlow_twins_loss, canonical_correlations, cca_loss, gcca_loss,
                           soft_cca_loss, vicreg_loss)
+from tests import loss_checks
 
 
 @functools.cache
@@ -260,13 +261,7 @@ class VariantsTest(chex.TestCase):
   def test_reference_value_and_vmap(self, name):
     ours, theirs = VARIANT_CASES[name]
     xs, ys = map(np.stack, zip(*(_views(seed, 20, 4, 4) for seed in (22, 23))))  # (2, 20, 4)
-    with jax.enable_x64(True):
-      loss = self.variant(ours)
-      each = [loss(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
-      for value, x, y in zip(each, xs, ys):
-        np.testing.assert_allclose(value, theirs(x, y), rtol=1e-9)
-      batched = self.variant(jax.vmap(ours))(jnp.asarray(xs), jnp.asarray(ys))
-      np.testing.assert_allclose(batched, each, rtol=1e-12)
+    loss_checks.value_and_vmap(self.variant, ours, theirs, xs, ys, rtol=1e-9)
 
 
 # ------------------------------------------------------------------ float32, bf16, small batches

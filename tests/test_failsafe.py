@@ -20,6 +20,7 @@ import train
 from configs import shapes_clip
 from mmjax.errors import UserError
 from mmjax.train import checkpoint
+from mmjax.train.metrics import MetricWriter
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -176,3 +177,18 @@ def test_bad_weights_files_are_user_errors(tfds_dir, tmp_path):
   with pytest.raises(UserError, match=r"--weights .*junk.safetensors: cannot be read as OpenAI"):
     eval_py.evaluate_workdir(config, tmp_path, weights=str(tmp_path / "junk.safetensors"))
   assert jax.devices()   # still usable after the errors
+
+
+def test_a_metrics_line_cut_by_a_kill_is_dropped_and_appends_start_on_a_clean_line(tmp_path):
+  writer = MetricWriter(tmp_path)
+  writer.write(1, {"loss": 1.0})
+  writer.write(2, {"loss": 0.5})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 3, "lo')                       # killed during the append of step 3
+  writer = MetricWriter(tmp_path, resume_step=2)
+  writer.write(3, {"loss": 0.25})
+  writer.write(4, {"loss": 0.125})
+  writer.close()
+  assert _rows(tmp_path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
+                             {"step": 3, "loss": 0.25}, {"step": 4, "loss": 0.125}]

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmjax import losses
-from tests import reference as ref
+from tests import loss_checks, reference as ref
 
 BIAS = -3.0
 
@@ -133,10 +133,5 @@ class SiglipRingVariantsTest(chex.TestCase):
                          mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
     rng = np.random.default_rng(6)
     xs, ys = map(np.stack, zip(*(ref.random_pairs(rng, 16, 4) for _ in range(2))))  # (2, 16, 4)
-    with jax.enable_x64(True):
-      loss = self.variant(ring)
-      each = [loss(jnp.asarray(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
-      for value, x, y in zip(each, xs, ys):
-        np.testing.assert_allclose(value, ref.siglip(x, y, 7.5, BIAS), rtol=1e-10)
-      batched = self.variant(jax.vmap(ring))(jnp.asarray(xs), jnp.asarray(ys))
-      np.testing.assert_allclose(batched, each, rtol=1e-12)
+    loss_checks.value_and_vmap(self.variant, ring, lambda x, y: ref.siglip(x, y, 7.5, BIAS), xs,
+                               ys, rtol=1e-10)

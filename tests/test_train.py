@@ -209,7 +209,7 @@ def test_sigterm_handled_during_a_log_step_still_saves(data_dir, tmp_path, monke
   config.dataset.eval_splits = ()
   check = train._check_finite
 
-  def check_then_sigterm(pending, mngr, config=None):
+  def check_then_sigterm(pending, mngr, config):
     values = check(pending, mngr, config)
     os.kill(os.getpid(), signal.SIGTERM)   # handled by train.py's handler before the next line
     return values

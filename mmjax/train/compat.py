@@ -10,6 +10,7 @@ data position (train.py --restart_data).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 import jax
@@ -21,7 +22,7 @@ MODEL_KEYS = ("task", "model", "context_length", "tokenizer", "vocabulary", "dat
               "dataset.name", "lock")
 OPTIMIZER_KEYS = ("grad_accum", "lock", "grad_clip", "weight_decay")
 DATA_KEYS = ("batch_size", "seed", "dataset.name", "dataset.builder_kwargs",
-             "dataset.train_split", "dataset.cache", "worker_count")
+             "dataset.train_split", "dataset.cache")   # not worker_count: batches do not depend on it
 DATA_FIELDS = ("sampler", "data_source", "worker_count")   # what grain compares on restore
 
 
@@ -67,8 +68,8 @@ def saved_json(mngr: ocp.CheckpointManager, step: int, item: str) -> dict:
 
 def saved_state_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
   """The saved train state's metadata tree ({'step', 'params', 'opt_state'}), arrays unread."""
-  path = mngr.directory / str(step) / "state"
-  return ocp.PyTreeCheckpointHandler().metadata(path).tree
+  with contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
+    return handler.metadata(mngr.directory / str(step) / "state").tree
 
 
 def _opt_shapes(tree) -> list:

@@ -12,21 +12,22 @@ import json
 from mmjax import paths
 
 
-def _rows(path) -> list[dict]:
+def _rows(path) -> tuple[list[dict], int]:
+  """(the rows of metrics.jsonl, how many of its lines were not JSON)."""
   if not path.exists():
-    return []
-  rows = []
+    return [], 0
+  rows, cut = [], 0
   for line in path.read_text(encoding="utf-8").splitlines():
     try:
       rows.append(json.loads(line))
-    except json.JSONDecodeError:     # a line cut by a kill during a write (older runs): dropped
-      continue
-  return rows
+    except json.JSONDecodeError:     # a line cut by a kill during an append: dropped
+      cut += 1
+  return rows, cut
 
 
 def _rewrite(path, rows: list[dict]) -> None:
-  """Replaces the file whole (write a sibling, rename over: atomic on a local disk; object stores
-  such as gs:// have no append, so every write is a rewrite, of a file of one row per log step)."""
+  """Replaces the file whole (write a sibling, rename over: atomic on a local disk). Object stores
+  such as gs:// have no append, so there every write is a rewrite; a local file is appended to."""
   tmp = path.with_suffix(".jsonl.tmp")
   tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
   tmp.replace(path)
@@ -47,9 +48,9 @@ class MetricWriter:
       return
     workdir = paths.resolve(workdir, "workdir")
     self._path = workdir / "metrics.jsonl"
-    rows = _rows(self._path)
+    rows, cut = _rows(self._path)
     self._rows = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= resume_step]
-    if len(self._rows) != len(rows):
+    if cut or len(self._rows) != len(rows):  # appends must start on a clean line
       _rewrite(self._path, self._rows)
     try:
       from flax.metrics import tensorboard  # pylint: disable=import-outside-toplevel
@@ -64,9 +65,14 @@ class MetricWriter:
       return
     if self._rows and self._rows[-1]["step"] == step:
       self._rows[-1] = {**self._rows[-1], **scalars}
+      _rewrite(self._path, self._rows)
+    elif paths.scheme(self._path) is None:  # a local file: one line appended (a line cut by a
+      self._rows.append({"step": step, **scalars})  # kill is dropped when a resume reads it)
+      with open(self._path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(self._rows[-1]) + "\n")
     else:
       self._rows.append({"step": step, **scalars})
-    _rewrite(self._path, self._rows)
+      _rewrite(self._path, self._rows)
     if self._tb is not None:
       for key, value in scalars.items():
         self._tb.scalar(key, value, step)
