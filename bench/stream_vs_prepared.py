@@ -1,11 +1,14 @@
 """Streaming WebDataset shards vs the prepared TFDS dataset of the same shards: images/s, one core.
 
     python bench/stream_vs_prepared.py [--images 512] [--sizes 256,512] [--batches 10] [--rounds 3]
+                                       [--prepared_max_size 256|none]
 
 Writes img2dataset-style shards (KEY.jpg + KEY.txt + KEY.json, 128 samples each) of crops of
 scikit-learn's two photographs (china.jpg, flower.jpg: 640x427), stored with the shorter side at
 each of --sizes (JPEG quality 90). For each size it times indexing the shards (ShardSource: tar
-headers only) and preparing them with the image_text builder (max_size=256, array_record), then
+headers only) and preparing them with the image_text builder (array_record; max_size
+--prepared_max_size, 256 by default as the builder's own; "none" keeps the shards' JPEG bytes as
+they are, so both sources hand the transform the same files and only the reading differs), then
 the training pipeline over each source: ImageTextTransform (224 px random resized crop, byte
 tokens, context 77), global batch 64, worker_count=0, the process pinned to one core, with images
 handed over decoded ("arrays") or as JPEG bytes that the transform decodes at reduced size
@@ -86,21 +89,23 @@ def rate(source, batches: int, batch_size: int = 64) -> float:
   return batches * batch_size / (time.perf_counter() - start)
 
 
-def run(tmp: pathlib.Path, images: int, size: int, batches: int, rounds: int) -> dict:
+def run(tmp: pathlib.Path, images: int, size: int, batches: int, rounds: int,
+        prepared_max_size: int | None = 256) -> dict:
   """Indexing and preparation seconds, and the median images/s of both sources at one size, with
   decoded images ('arrays') and with JPEG bytes for the transform's fast path ('bytes')."""
   spec = write_shards(tmp / f"shards{size}", images, size)
   start = time.perf_counter()
-  ShardSource(spec, index_dir=tmp / "index", max_size=256)
+  ShardSource(spec, index_dir=tmp / "index", max_size=prepared_max_size)
   out = {"index_s": time.perf_counter() - start}
   start = time.perf_counter()
-  builder = pipeline.prepare(image_text.ImageText, tmp / f"tfds{size}", source=spec, max_size=256,
-                             num_workers=1)
+  builder = pipeline.prepare(image_text.ImageText, tmp / f"tfds{size}", source=spec,
+                             max_size=prepared_max_size, num_workers=1)
   out["prepare_s"] = time.perf_counter() - start
   for mode in ("arrays", "bytes"):
     fast = mode == "bytes"
     sources = {
-        "stream": ShardSource(spec, index_dir=tmp / "index", max_size=256, undecoded=fast),
+        "stream": ShardSource(spec, index_dir=tmp / "index", max_size=prepared_max_size,
+                              undecoded=fast),
         "prepared": builder.as_data_source(
             split="train", decoders=pipeline.image_decoders() if fast else None)}
     got = {k: [] for k in sources}
@@ -117,13 +122,16 @@ def main() -> None:
   parser.add_argument("--sizes", default="256,512")
   parser.add_argument("--batches", type=int, default=10)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--prepared_max_size", default="256",
+                      help="max_size of the prepared copy: pixels, or 'none' (bytes as stored)")
   args = parser.parse_args()
+  max_size = None if args.prepared_max_size.lower() == "none" else int(args.prepared_max_size)
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, reader threads included
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for size in map(int, args.sizes.split(",")):
-      r = run(pathlib.Path(tmp), args.images, size, args.batches, args.rounds)
+      r = run(pathlib.Path(tmp), args.images, size, args.batches, args.rounds, max_size)
       for mode in ("arrays", "bytes"):
         prepared, stream = r[mode]["prepared"], r[mode]["stream"]
         rows.append(f"| {size} | {args.images} | {r['index_s']:.2f} | {r['prepare_s']:.1f} | "
