@@ -11,6 +11,7 @@ A dataset module defines `DATASET = Dataset(...)` beside its TFDS builder. The b
   digits       mmjax.data.digits       view1 + view2 + label (deep CCA, DCCAE, bimodal autoencoder)
   image_text   mmjax.data.image_text   the user's image-caption pairs (CLIP, SigLIP)
   webdataset   mmjax.data.webdataset   image-caption pairs streamed from WebDataset tar shards
+  sequences    mmjax.data.sequences    audio + video + words streams, unaligned, + label (MulT, MTAG)
 
 A user's dataset is any importable module with a DATASET (`dataset.name=my_pkg.my_dataset` in the
 config); nothing in mmjax needs editing.
@@ -23,7 +24,8 @@ from collections.abc import Callable, Mapping
 from mmjax import _lookup
 
 BUILTIN = {"shapes": "mmjax.data.shapes", "digits": "mmjax.data.digits",
-           "image_text": "mmjax.data.image_text", "webdataset": "mmjax.data.webdataset"}
+           "image_text": "mmjax.data.image_text", "webdataset": "mmjax.data.webdataset",
+           "sequences": "mmjax.data.sequences"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ config.evals, the task's defaults (Task.evals) are used. Results are a dict {'me
 float}, 'per_class_accuracy': {split: {class: float}}, 'confusion_matrix': {split: (C, C) list},
 'plots': [paths]}; the metrics of all evaluators are merged (a name given twice is an error).
 
-The built-in evaluators are in mmjax.evaluate.builtin; settings they do not take are errors
+The built-in evaluators are in mmjax.evaluate.builtin and mmjax.evaluate.interactions (streams
+absent at test time, EMAP and modality contribution); settings they do not take are errors
 raised when the config is read, before any data is prepared.
 """
 from __future__ import annotations
@@ -25,7 +26,9 @@ from mmjax import _lookup
 from mmjax.errors import UserError
 from mmjax.evaluate import builtin, embed
 
-BUILTIN = {name: f"mmjax.evaluate.builtin.{name}" for name in builtin.EVALUATORS}
+BUILTIN = {**{name: f"mmjax.evaluate.builtin.{name}" for name in builtin.EVALUATORS},
+           **{name: f"mmjax.evaluate.interactions.{name}"
+              for name in ("missing_streams", "interactions")}}
 
 
 def get(kind: str) -> Callable:

@@ -12,6 +12,7 @@
 | `dccae` | DCCAE: MLP encoders and decoders per view | deep CCA + reconstruction |
 | `bimodal_ae` | bimodal autoencoder | reconstruction of both views from both and from each |
 | `fusion` | two towers + any fusion module + a classifier head | cross-entropy |
+| `sequences` | unaligned streams: unimodal, late, early (DTW, OT), TFN, LMF, MulT, MTAG | cross-entropy |
 
 A task of your own is a module that defines `TASK = mmjax.tasks.Task(...)` (see
 mmjax.tasks.common.Task for its fields); name it in the config by its dotted path
@@ -22,7 +23,7 @@ from __future__ import annotations
 from mmjax import _lookup
 from mmjax.tasks.common import Task
 
-BUILTIN = ("clip", "siglip", "dcca", "dccae", "bimodal_ae", "fusion")
+BUILTIN = ("clip", "siglip", "dcca", "dccae", "bimodal_ae", "fusion", "sequences")
 
 __all__ = ["Task", "get", "BUILTIN"]
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import PartitionSpec as P
 
 from mmjax import parallel
@@ -137,6 +138,18 @@ def two_view_batch(config, batch_size: int) -> Batch:
 def flat_views(batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(view1, view2) flattened to (B, S * S) feature vectors."""
   return tuple(jnp.reshape(batch[k], (batch[k].shape[0], -1)) for k in ("view1", "view2"))
+
+
+def classifier_loss_fn(model, model_inputs) -> LossFn:
+  """Mean softmax cross-entropy of model.apply(params, *model_inputs(batch)) (B, C) logits against
+  batch['label']; metric: accuracy."""
+
+  def loss_fn(params, batch):
+    logits = model.apply({"params": params}, *model_inputs(batch))     # (B, C)
+    labels = batch["label"]
+    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+  return loss_fn
 
 
 def global_contrastive(loss, mesh):

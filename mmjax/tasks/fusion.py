@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
-import optax
 
 from mmjax.errors import UserError
 from mmjax.models import fusion as fusion_lib
@@ -92,13 +90,7 @@ def outputs(model) -> dict:
 def make_loss_fn(model, config, mesh):
   """Mean cross-entropy of the logits against batch['label']; metric: accuracy."""
   del config, mesh
-
-  def loss_fn(params, batch):
-    logits = model.apply({"params": params}, *clip.model_inputs(batch))
-    labels = batch["label"]
-    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
-  return loss_fn
+  return common.classifier_loss_fn(model, clip.model_inputs)
 
 
 def evals(config, dataset) -> dict:

@@ -1,0 +1,83 @@
+"""Every model of configs/sequences.py trained on the unaligned and the aligned sequences: a table
+of parameters, training time and test accuracy (all streams, each stream absent), EMAP.
+
+    python bench/sequence_models.py [--models mult,mtag,...] [--data_dir DIR] [--out DIR]
+                                    [--variants unaligned,aligned] [--set KEY=VALUE ...]
+
+Each run is `python train.py --config configs/sequences.py:MODEL[,aligned] --workdir OUT/...` in
+its own process (what a user runs); the table reads each run's results.json and metrics.jsonl.
+Training time is total_steps x batch / the logged images per second (evaluation excluded). A
+workdir that already holds a finished run is read, not retrained (delete it to rerun).
+--set passes --config.KEY=VALUE to every run (e.g. --set total_steps=300 for a quick look).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import sequences as seq_configs  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def parameters(variant: str) -> int:
+  """The parameter count of a config's model (shapes only, nothing computed)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mmjax import tasks  # pylint: disable=import-outside-toplevel
+  config = seq_configs.get_config(variant)
+  task = tasks.get(config.task)
+  shapes = jax.eval_shape(task.init_fn(task.build_model(config), config), jax.random.key(0))
+  return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+def run(variant: str, out: pathlib.Path, data_dir: str, sets) -> dict:
+  """Trains (unless out holds a finished run) and returns results.json + the training seconds."""
+  workdir = out / variant.replace(",", "_")
+  if not (workdir / "results.json").exists():
+    cmd = [sys.executable, str(ROOT / "train.py"), f"--config={ROOT}/configs/sequences.py:"
+           f"{variant}", f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
+           *[f"--config.{s}" for s in sets]]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+  results = json.loads((workdir / "results.json").read_text())
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  last = [r for r in rows if "images_per_sec" in r][-1]
+  results["train_s"] = last["step"] * seq_configs.get_config(variant).batch_size / last[
+      "images_per_sec"]
+  return results
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default=",".join(seq_configs.MODELS))
+  parser.add_argument("--variants", default="unaligned,aligned")
+  parser.add_argument("--data_dir", default="~/.cache/mmjax/datasets")
+  parser.add_argument("--out", default="/tmp/mmjax_sequence_models")
+  parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every config")
+  args = parser.parse_args()
+  out = pathlib.Path(args.out).expanduser()
+  variants = args.variants.split(",")
+  table = []
+  for model in args.models.split(","):
+    got = {v: run(model if v == "unaligned" else f"{model},{v}", out, args.data_dir, args.set)
+           for v in variants}
+    table.append((model, parameters(model), got))
+  t = "test/"
+  print("\n| model | parameters | train s | " + " | ".join(f"{v} accuracy" for v in variants)
+        + " | without audio | without video | without words | EMAP | EMAP model |")
+  print("|---|---|---|" + "---|" * len(variants) + "---|---|---|---|---|")
+  for model, params, got in table:
+    u = got[variants[0]]
+    cells = [f"{got[v][t + 'accuracy']:.3f}" for v in variants]
+    cells += [f"{u.get(f'{t}accuracy_without_{s}', float('nan')):.3f}"
+              for s in ("audio", "video", "words")]
+    cells += [f"{u.get(t + k, float('nan')):.3f}" for k in ("emap_accuracy", "emap_model_accuracy")]
+    print(f"| {model} | {params:,} | {u['train_s']:.0f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+  main()

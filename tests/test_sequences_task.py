@@ -1,0 +1,89 @@
+"""The sequences task (mmjax.tasks.sequences) through train.py on 8 simulated devices: every model
+of configs/sequences.py trains, resumes and evaluates; the missing-stream and interaction
+evaluators (mmjax.evaluate.interactions) against what must hold."""
+import json
+
+import numpy as np
+import pytest
+
+import train
+from configs import sequences as seq_configs
+from mmjax import tasks
+from mmjax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("sequences_data"))
+
+
+def _config(variant: str, data_dir: str, **overrides):
+  c = seq_configs.get_config(f"{variant},tiny")
+  c.dataset.data_dir = data_dir
+  c.update(overrides)
+  return c
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+# every model class and alignment method once (unimodal_video / _words and early without
+# alignment differ from these only in their settings); MulT over two streams, where it compiles
+# in a third of the time (test_sequence_models runs it on three)
+TRAINED = {"unimodal_audio": {}, "late": {}, "early_dtw": {}, "early_ot": {}, "tfn": {}, "lmf": {},
+           "mult": {"streams": ("audio", "words")}, "mtag": {}}
+
+
+def test_every_model_trains_through_train_py(data_dir, tmp_path):
+  for variant, model in TRAINED.items():
+    workdir = tmp_path / variant
+    c = _config(variant, data_dir, total_steps=2, checkpoint_every=2, log_every=1, evals={})
+    c.model.update(model)
+    train.train_and_evaluate(c, workdir)
+    rows = _rows(workdir)
+    assert [r["step"] for r in rows] == [1, 2], variant
+    assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows), (variant, rows)
+    assert (workdir / "checkpoints" / "2").is_dir(), variant
+
+
+def test_aligned_variant_resumes_and_evaluates_every_stream_absent(data_dir, tmp_path):
+  c = _config("late,aligned,dropout", data_dir, total_steps=2, checkpoint_every=1)
+  train.train_and_evaluate(c, tmp_path)
+  c.total_steps = 3                                   # resumes from step 2
+  results = train.train_and_evaluate(c, tmp_path)
+  assert [r["step"] for r in _rows(tmp_path)][-1] == 3
+  for stream in ("audio", "video", "words"):
+    for suffix in ("", "_zeros"):
+      assert 0 <= results[f"test/accuracy_without_{stream}{suffix}"] <= 1
+  # late fusion is additive over words | audio + video: EMAP projects it onto itself
+  assert results["test/emap_accuracy"] == results["test/emap_model_accuracy"]
+  assert results["test/emap_model_accuracy"] == results["test/accuracy"]
+
+
+def test_interactions_of_a_non_additive_model(data_dir, tmp_path):
+  """TFN's logits are a product over the streams, not additive over words | audio + video: EMAP's
+  projection is another function than the model (mmjax.quantify.emap checks its values)."""
+  c = _config("tfn", data_dir, total_steps=1, evals={"interactions": dict(
+      type="interactions", every=0, groups=(("words",), ("audio", "video")), examples=16,
+      block_size=8)})
+  results = train.train_and_evaluate(c, tmp_path)
+  assert 0 <= results["test/emap_accuracy"] <= 1
+  assert set(results) >= {"test/contribution_without_words",
+                          "test/contribution_mismatched_audio+video_drop"}
+  with pytest.raises(UserError, match="must split the model inputs"):
+    c.evals.interactions.groups = (("words",), ("audio",))
+    train.train_and_evaluate(c, tmp_path / "bad")
+
+
+def test_bad_model_settings_name_the_value(data_dir):
+  task = tasks.get("sequences")
+  for override, message in ((dict(type="rnn"), "unknown config.model.type 'rnn'"),
+                            (dict(streams=("audio", "smell")), "config.model.streams"),
+                            (dict(type="unimodal", streams=("audio", "words")), "reads one")):
+    c = _config("mult", data_dir)
+    c.model.update(override)
+    with pytest.raises(UserError, match=message):
+      task.build_model(c)
+  with pytest.raises(ValueError, match="unknown config variant 'mtga'"):
+    seq_configs.get_config("mtga")
