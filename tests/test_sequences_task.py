@@ -71,8 +71,8 @@ def test_interactions_of_a_non_additive_model(data_dir, tmp_path):
   assert 0 <= results["test/emap_accuracy"] <= 1
   assert set(results) >= {"test/contribution_without_words",
                           "test/contribution_mismatched_audio+video_drop"}
-  with pytest.raises(UserError, match="must split the model inputs"):
-    c.evals.interactions.groups = (("words",), ("audio",))
+  with pytest.raises(UserError, match="must each name streams of the model inputs"):
+    c.evals.interactions.groups = (("words",), ("smell",))
     train.train_and_evaluate(c, tmp_path / "bad")
 
 

@@ -69,7 +69,7 @@ def test_unknown_names_and_bad_evaluators_fail_before_any_data(tmp_path):
   config = shapes_clip.get_config("tiny")
   config.dataset.name = "shapez"
   _check_config(tmp_path, config, r"unknown dataset 'shapez'; expected one of \['digits', "
-                                  r"'image_text', 'shapes', 'webdataset'\]")
+                                  r"'image_text', 'sequences', 'shapes', 'webdataset'\]")
   config = shapes_clip.get_config("tiny")
   config.evals.zero_shot.type = "zero_shoot"
   _check_config(tmp_path, config, r"unknown evaluator type 'zero_shoot'; expected one of "

@@ -103,7 +103,8 @@ def interactions(ctx, *, groups: Sequence[Sequence[str]], split: str | None = No
   `examples` examples of `split` (default: the first eval split).
 
   groups: two lists of stream names (e.g. (("words",), ("audio", "video"))); an input belongs to
-  a group with its `_length` / `_present` companions. EMAP (mmjax.quantify.emap) costs examples^2
+  a group with its `_length` / `_present` companions; inputs of neither group (streams the model
+  does not read) go with the second. EMAP (mmjax.quantify.emap) costs examples^2
   forward passes. Metrics: {split}/emap_accuracy and {split}/emap_model_accuracy (the model on
   the same examples: equal for a model without cross-group interactions), and
   {split}/contribution_{without,mismatched}_{group}[_drop] (mmjax.quantify.modality_contribution).
@@ -114,11 +115,11 @@ def interactions(ctx, *, groups: Sequence[Sequence[str]], split: str | None = No
   inputs = _inputs(ctx, split, examples)
   labels = inputs.pop("label")
   fields = set(ctx.dataset.fields)
-  a, b = ({k: v for k, v in inputs.items() if _member(k, g)} for g in groups)
-  stray = sorted(set(inputs) - set(a) - set(b) - fields)
-  if stray or not a or not b:
-    raise UserError(f"interactions: groups {groups!r} must split the model inputs "
-                    f"{sorted(set(inputs) - fields)} in two; {stray or 'a group'} left over")
+  a = {k: v for k, v in inputs.items() if _member(k, groups[0])}
+  b = {k: v for k, v in inputs.items() if k not in a and k not in fields}   # the rest: groups[1]
+  if not a or not any(_member(k, groups[1]) for k in b):
+    raise UserError(f"interactions: groups {groups!r} must each name streams of the model inputs "
+                    f"{sorted(set(inputs) - fields)}")
   model, task = ctx.model, ctx.task
 
   def f(variables, x, y):
