@@ -267,8 +267,7 @@ def test_late_fusion_sums_its_branches():
   np.testing.assert_allclose(np.asarray(late), np.asarray(total), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["unimodal", "late", "early_dtw", "pooled_tensor", "mult",
-                                  "graph"])
+@pytest.mark.parametrize("name", ["early_dtw", "mult", "graph"])   # the others: through train.py
 def test_a_few_adam_steps_lower_the_loss(name):
   model, params = _model_and_params(name, ("audio", "words"))   # two streams: faster to compile
   batch = _batch(7, b=6)
