@@ -250,10 +250,10 @@ def shapes(aligned: bool = False) -> dict[str, tuple[int, ...]]:
 def example_batch(batch_size: int, aligned: bool = False) -> dict[str, np.ndarray]:
   """A batch of the model inputs' shapes and dtypes (zeros, full lengths, every stream present),
   e.g. for model.init."""
-  out = {}
-  for name, shape in shapes(aligned).items():
+  out, shape_of = {}, shapes(aligned)
+  for name, shape in shape_of.items():
     if name.endswith("_length"):
-      out[name] = np.full((batch_size,), shapes(aligned)[name[:-7]][0], np.int32)
+      out[name] = np.full((batch_size,), shape_of[name[:-len("_length")]][0], np.int32)
     elif name.endswith("_present"):
       out[name] = np.ones((batch_size,), bool)
     else:

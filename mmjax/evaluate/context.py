@@ -111,13 +111,16 @@ class Context:
     slot = self._round.setdefault((split, limit, key), {})
     missing = tuple(n for n in names if n not in slot)
     if missing:
-      transform = transform or self.task.transform(self.config, self.dataset, train=False,
-                                                   tokenizer=self.tokenizer)
+      transform = transform or self.eval_transform()
       slot.update(embed.embed_source(
           self.outputs_fn(missing), self.variables, self.source(split), transform, self.mesh,
           self.batch_size, limit=limit, worker_count=self.config.get("worker_count", 0),
           desc=split, quiet=self.quiet, should_stop=self.should_stop))
     return slot
+
+  def eval_transform(self):
+    """The task's transform of one example for evaluation (train=False)."""
+    return self.task.transform(self.config, self.dataset, train=False, tokenizer=self.tokenizer)
 
   def encode_text(self, tokens: np.ndarray, desc: str = "prompts") -> np.ndarray:
     """(N, L) tokens -> (N, E) with the task's 'text' output, in padded batches on the mesh."""

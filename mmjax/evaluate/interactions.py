@@ -47,10 +47,6 @@ class WithoutStream(grain.MapTransform):
     return out
 
 
-def _eval_transform(ctx):
-  return ctx.task.transform(ctx.config, ctx.dataset, train=False, tokenizer=ctx.tokenizer)
-
-
 def _streams(example: dict) -> list[str]:
   """The streams of a transformed example: the keys with a `{key}_present` flag."""
   return [k for k in example if f"{k}_present" in example]
@@ -64,7 +60,7 @@ def missing_streams(ctx, *, splits=None, streams: Sequence[str] | None = None,
   unknown = sorted(set(how) - set(HOWS))
   if unknown:
     raise UserError(f"missing_streams: how {unknown}; expected a subset of {list(HOWS)}")
-  base = _eval_transform(ctx)
+  base = ctx.eval_transform()
   results = empty()
   for split in ctx.splits(splits):
     present = _streams(embed.apply_transform(base, ctx.source(split)[0]))
@@ -91,7 +87,7 @@ def _member(key: str, group: Sequence[str]) -> bool:
 
 def _inputs(ctx, split: str, examples: int) -> dict[str, np.ndarray]:
   """The first `examples` examples of a split through the eval transform, stacked."""
-  transform, source = _eval_transform(ctx), ctx.source(split)
+  transform, source = ctx.eval_transform(), ctx.source(split)
   rows = [embed.apply_transform(transform, source[i]) for i in range(min(examples, len(source)))]
   return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 

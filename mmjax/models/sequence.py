@@ -154,6 +154,14 @@ class _SequenceModel(nn.Module):
                 param_dtype=self.param_dtype, name=name)(x, lengths)
     return LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_ln")(x)
 
+  def _step_mlp(self, h, prefix: str):
+    """depth Dense(width) + GELU layers applied to each step alone (no mixing across time):
+    (B, T, F) -> (B, T, width); layers named {prefix}_0, {prefix}_1, ..."""
+    for i in range(self.depth):
+      h = nn.gelu(named_dense(self.width, (None, "mlp"), self.dtype, self.param_dtype,
+                              f"{prefix}_{i}")(h))
+    return h
+
   def _mlp_head(self, x):
     """(B, D) -> hidden Dense(width) + GELU -> (B, num_classes) float32 logits."""
     return MlpHead((self.width,), self.num_classes, "gelu", "classes", self.dtype,
@@ -264,10 +272,7 @@ class EarlyFusion(_SequenceModel):
                                       epsilon=self.epsilon, num_iters=self.num_iters,
                                       tau=self.tau, reference_present=present[self.reference],
                                       other_present=present[s]).astype(e.dtype))  # (B, Tr, W)
-    h = jnp.concatenate(parts, -1)                                    # (B, Tr, M W)
-    for i in range(self.depth):                                       # per step: no time mixing
-      h = nn.gelu(named_dense(self.width, (None, "mlp"), self.dtype, self.param_dtype,
-                              f"step_{i}")(h))
+    h = self._step_mlp(jnp.concatenate(parts, -1), "step")           # (B, Tr, M W) -> (B, Tr, W)
     return self._mlp_head(masked_mean(h, n_ref))                      # (B, W) -> (B, classes)
 
   @staticmethod
@@ -303,10 +308,8 @@ class PooledFusion(_SequenceModel):
       raise ValueError(f"PooledFusion(fusion={self.fusion!r}): expected one of {FUSIONS}")
     zs = []
     for s in self.streams:
-      h, n = self._embed(inputs, s)                            # (B, T, W)
-      for i in range(self.depth):
-        h = nn.gelu(named_dense(self.width, (None, "mlp"), self.dtype, self.param_dtype,
-                                f"{s}_step_{i}")(h))
+      h, n = self._embed(inputs, s)                                   # (B, T, W)
+      h = self._step_mlp(h, f"{s}_step")
       zs.append(named_dense(self.fusion_dim, ("mlp", "embed"), self.dtype, self.param_dtype,
                             f"{s}_pool")(masked_mean(h, n)))         # (B, W) -> (B, fusion_dim)
     if self.fusion == "tensor":
