@@ -3,12 +3,16 @@ of parameters, training time and test accuracy (all streams, each stream absent)
 
     python bench/sequence_models.py [--models mult,mtag,...] [--data_dir DIR] [--out DIR]
                                     [--variants unaligned,aligned] [--set KEY=VALUE ...]
+    python bench/sequence_models.py --step_ms [--models mult,mtag]   # training step time only
 
 Each run is `python train.py --config configs/sequences.py:MODEL[,aligned] --workdir OUT/...` in
 its own process (what a user runs); the table reads each run's results.json and metrics.jsonl.
 Training time is total_steps x batch / the logged images per second (evaluation excluded). A
 workdir that already holds a finished run is read, not retrained (delete it to rerun).
 --set passes --config.KEY=VALUE to every run (e.g. --set total_steps=300 for a quick look).
+--step_ms trains nothing: it times the jitted training step (loss, gradients, AdamW update) of each
+model on one generated batch of the config's size, in this process, and prints milliseconds per
+step (the median of 5 rounds of 5 steps, after compilation).
 """
 from __future__ import annotations
 
@@ -51,6 +55,44 @@ def run(variant: str, out: pathlib.Path, data_dir: str, sets) -> dict:
   return results
 
 
+def step_ms(variant: str, rounds: int = 5, steps: int = 5) -> float:
+  """Milliseconds per training step of a config's model on one generated unaligned batch."""
+  import time  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from mmjax import tasks  # pylint: disable=import-outside-toplevel
+  from mmjax.data import sequences  # pylint: disable=import-outside-toplevel
+  config = seq_configs.get_config(variant)
+  task = tasks.get(config.task)
+  model = task.build_model(config)
+  data = sequences.SequencesConfig(name="bench", num_train=config.batch_size)
+  make = sequences.transform(train=False)
+  rows = [make.random_map(sequences.make_example(data, "train", i), np.random.default_rng(i))
+          for i in range(config.batch_size)]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  params = jax.jit(task.init_fn(model, config))(jax.random.key(0))["params"]
+  loss_fn, opt = task.make_loss_fn(model, config, None), optax.adamw(config.lr)
+
+  @jax.jit
+  def step(params, opt_state):
+    grads = jax.grad(lambda p: loss_fn(p, batch)[0])(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  state = jax.block_until_ready(step(params, opt.init(params)))
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state = step(*state)
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - start) / steps * 1e3)
+  return float(np.median(times))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(seq_configs.MODELS))
@@ -58,7 +100,13 @@ def main() -> None:
   parser.add_argument("--data_dir", default="~/.cache/mmjax/datasets")
   parser.add_argument("--out", default="/tmp/mmjax_sequence_models")
   parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every config")
+  parser.add_argument("--step_ms", action="store_true", help="time training steps, train nothing")
   args = parser.parse_args()
+  if args.step_ms:
+    print("| model | parameters | ms per training step |\n|---|---|---|")
+    for model in args.models.split(","):
+      print(f"| {model} | {parameters(model):,} | {step_ms(model):.0f} |", flush=True)
+    return
   out = pathlib.Path(args.out).expanduser()
   variants = args.variants.split(",")
   table = []

@@ -13,6 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "bench")
 import _common as common  # noqa: E402  pylint: disable=wrong-import-position
 import compare_openclip  # noqa: E402  pylint: disable=wrong-import-position
 import eval_throughput  # noqa: E402  pylint: disable=wrong-import-position
+import sequence_models  # noqa: E402  pylint: disable=wrong-import-position
 import train_throughput  # noqa: E402  pylint: disable=wrong-import-position
 
 MICRO = dict(image_size=32, embed_dim=32,
@@ -76,3 +77,10 @@ def test_openclip_model_has_the_preset_architecture():
   ours = sum(x.size for x in jax.tree.leaves(shapes))
   theirs = sum(p.numel() for p in compare_openclip.openclip_model("tiny").parameters())
   assert theirs == ours
+
+
+def test_sequence_models_step_time_on_the_tiny_config():
+  # the --step_ms table's cell: a training step of the tiny MTAG config, timed after compiling
+  ms = sequence_models.step_ms("mtag,tiny", rounds=1, steps=1)
+  assert 0 < ms < 60_000
+  assert sequence_models.parameters("mtag,tiny") > 0

@@ -26,8 +26,9 @@ def _rand(seed, *shape):
 
 
 def _numpy_variables(model, *args, scale=0.3, dtype=None):
-  """Variables of model.init's structure filled by numpy (no compiled initialiser)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+  """Variables of model.init's structure filled by numpy (no compiled initialiser). args stay
+  concrete (the node modalities must be)."""
+  shapes = jax.eval_shape(lambda key: model.init(key, *args), jax.random.key(0))
   rng = np.random.default_rng(0)
   return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(dtype or s.dtype),
                       nn.unbox(shapes))
@@ -84,6 +85,30 @@ def test_prune_top_k_keeps_the_strongest_incoming_edges():
   for bad in (0, 1.5, True, "2"):
     with pytest.raises(ValueError, match="keep_edges"):
       prune_top_k(attention, adjacency, bad)
+
+
+def _numpy_top_k(attention, adjacency, k):
+  """prune_top_k by a stable numpy argsort of every row (the reference)."""
+  score = np.where(adjacency, attention.mean(1), -np.inf)
+  out = np.zeros_like(adjacency)
+  for b, i in np.ndindex(adjacency.shape[:2]):
+    degree = adjacency[b, i].sum()
+    keep = min(k, degree) if isinstance(k, int) else int(np.ceil(k * degree - 1e-6))
+    out[b, i, np.argsort(-score[b, i], kind="stable")[:keep]] = True
+  return out & adjacency
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prune_top_k_matches_a_sort_on_random_graphs_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(2, 17))
+  levels = np.array([0.0, 0.1, 0.25, 1.0, -0.3, 1e-30, -1e-30], np.float32)  # many exact ties
+  attention = (rng.choice(levels, size=(2, 2, n, n)) if seed else
+               rng.normal(size=(2, 2, n, n))).astype(np.float32)
+  adjacency = rng.random((2, n, n)) < 0.7
+  for k in (1, 3, n + 2, 0.3, 1.0):
+    np.testing.assert_array_equal(prune_top_k(attention, adjacency, k),
+                                  _numpy_top_k(attention, adjacency, k), err_msg=f"k={k}")
 
 
 def _leaky(z, slope=0.2):
@@ -179,22 +204,30 @@ def test_mtag_rejects_mismatched_inputs():
     model.clone(modalities=("audio", "video")).init(jax.random.key(0), {"audio": STREAMS["audio"]})
   with pytest.raises(ValueError, match="keep_edges"):
     model.clone(keep_edges=0).init(jax.random.key(0), STREAMS)
+  # the node modalities decide the blocks of the graph: they must be concrete, one per node
+  x, ids, times, mask = graph_nodes(STREAMS, LENGTHS, ("audio", "video", "words"))
+  graph = MTAGGraph(num_modalities=3, num_layers=1, num_heads=2)
+  with pytest.raises(ValueError, match="concrete"):
+    jax.eval_shape(graph.init, jax.random.key(0), x, ids, times, mask)
+  with pytest.raises(ValueError, match=r"ints in \[0, 3\)"):
+    graph.init(jax.random.key(0), x, ids + 1, times, mask)
 
 
 def test_permuting_nodes_permutes_outputs_and_keeps_the_pooled_one():
   x, ids, times, mask = graph_nodes(STREAMS, LENGTHS, ("audio", "video", "words"))
   graph = MTAGGraph(num_modalities=3, num_layers=2, num_heads=2, keep_edges=3)
   variables = _numpy_variables(graph, x, ids, times, mask)
-  apply = jax.jit(graph.apply)
-  nodes, pooled = apply(variables, x, ids, times, mask)
+  nodes, pooled = jax.jit(lambda v, *a: graph.apply(v, a[0], ids, *a[1:]))(variables, x, times,
+                                                                          mask)
   perm = np.random.default_rng(0).permutation(x.shape[1])
-  nodes_p, pooled_p = apply(variables, x[:, perm], ids[perm], times[:, perm], mask[:, perm])
+  nodes_p, pooled_p = jax.jit(lambda v, *a: graph.apply(v, a[0], ids[perm], *a[1:]))(
+      variables, x[:, perm], times[:, perm], mask[:, perm])
   real = np.asarray(mask)[:, perm]
   np.testing.assert_allclose(np.asarray(nodes_p)[real], np.asarray(nodes)[:, perm][real],
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(pooled_p, pooled, rtol=1e-5, atol=1e-5)
   # the pruning is in force: keeping every edge gives other outputs
-  _, unpruned = jax.jit(graph.clone(keep_edges=None).apply)(variables, x, ids, times, mask)
+  _, unpruned = graph.clone(keep_edges=None).apply(variables, x, ids, times, mask)
   assert np.abs(unpruned - pooled).max() > 1e-4
 
 
