@@ -44,6 +44,7 @@ from mmjax.models.mtag_graph import (check_keep, edge_types, graph_nodes, masked
                                      num_edge_types, prune_top_k)
 from mmjax.models.transformer import Mlp
 
+
 def _static_ids(modality_ids, n: int, num_modalities: int) -> np.ndarray:
   """The node modalities as a concrete (N,) numpy array in [0, M), or a ValueError."""
   try:
