@@ -3,13 +3,17 @@ of configs/sequences.py trains, resumes and evaluates; the missing-stream and in
 evaluators (mmjax.evaluate.interactions) against what must hold."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
 import train
 from configs import sequences as seq_configs
-from mmjax import tasks
+from mmjax import parallel, tasks
+from mmjax.data import datasets
+from mmjax.data import sequences as seq_data
 from mmjax.errors import UserError
+from mmjax.evaluate import context, evaluators
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +81,42 @@ def test_bad_model_settings_name_the_value(data_dir):
       task.build_model(c)
   with pytest.raises(ValueError, match="unknown config variant 'mtga'"):
     seq_configs.get_config("mtga")
+
+
+class _Splits:
+  """A prepared builder's stand-in: in-memory splits."""
+
+  def __init__(self, splits):
+    self.splits = splits
+
+  def as_data_source(self, split):
+    return self.splits[split]
+
+
+def test_missing_streams_equals_the_model_applied_with_the_stream_absent():
+  # the reference: the model on the stacked eval inputs, one stream marked absent or zeroed
+  config = seq_configs.get_config("late,tiny")
+  config.evals = {"missing_streams": dict(type="missing_streams", every=0, how=("mask", "zeros"))}
+  task, dataset = tasks.get("sequences"), datasets.get("sequences")
+  rows = [seq_data.make_example(seq_data.SequencesConfig(name="t"), "test", i) for i in range(48)]
+  model = task.build_model(config)
+  params = jax.jit(task.init_fn(model, config))(jax.random.key(3))["params"]
+  ctx = context.Context(task, model, parallel.make_mesh(8), dataset, _Splits({"test": rows}),
+                        config, quiet=True)
+  ctx.set_params(params)
+  got = evaluators.run(evaluators.from_config(config, task, dataset), ctx)["metrics"]
+  make = seq_data.transform(train=False)
+  inputs = [make.random_map(r, np.random.default_rng(0)) for r in rows]
+  batch = {k: np.stack([x[k] for x in inputs]) for k in inputs[0]}
+  full = np.mean(np.argmax(np.asarray(model.apply({"params": params}, batch)), -1)
+                 == batch["label"])
+  wants = []
+  for stream in ("audio", "video", "words"):
+    for suffix, change in (("", {f"{stream}_present": np.zeros(48, bool)}),
+                           ("_zeros", {stream: np.zeros_like(batch[stream])})):
+      logits = model.apply({"params": params}, {**batch, **change})
+      want = np.mean(np.argmax(np.asarray(logits), -1) == batch["label"])   # float64
+      assert got[f"test/accuracy_without_{stream}{suffix}"] == pytest.approx(want, abs=1e-9), (
+          stream, suffix)
+      wants.append(want)
+  assert any(w != full for w in wants), (full, wants)   # the absent streams change predictions

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from mmjax.models.common import LayerNorm
+from mmjax.models.common import LayerNorm, length_mask
 from mmjax.models.text import TextTransformer
 from mmjax.models.transformer import Attention
 from mmjax.models.two_tower import TwoTower
@@ -79,7 +79,7 @@ def capture_attention(model: nn.Module, variables, *args, method=None, kv_length
     if is_causal:
       valid = jnp.tril(valid)
     if kv_lengths is not None:
-      keys_ok = jnp.arange(s) < jnp.asarray(kv_lengths)[:, None]       # (B, S)
+      keys_ok = length_mask(kv_lengths, s)                            # (B, S)
       valid = valid & keys_ok[:, None, None, :]                       # (B, 1, T, S)
     out[path] = jax.nn.softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
   return out

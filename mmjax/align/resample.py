@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from mmjax._dtypes import at_least_float32
 from mmjax.align.dtw import dtw
 from mmjax.align.ot import sinkhorn
+from mmjax.models.common import length_mask
 from mmjax.similarity import l2_normalize, squared_distances
 
 Array = jax.Array
@@ -40,11 +41,6 @@ Array = jax.Array
 ALIGN_METHODS = ("dtw", "ot", "none")
 ALIGN_COSTS = ("cosine", "sqeuclidean", "dot")
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _valid(lengths: Array, t: int) -> Array:
-  """(B,) lengths -> (B, t) bool, True on the real steps at the start of each row."""
-  return jnp.arange(t) < jnp.asarray(lengths)[:, None]
 
 
 def _check(name: str, x, ndim: int, batch: int | None = None) -> None:
@@ -166,7 +162,7 @@ def alignment_weights(reference_features: Array | None, reference_length: Array,
   for present in (reference_present, other_present):
     if present is not None:
       ok = ok & jnp.asarray(present, bool)
-  vr, vo = _valid(reference_length, n), _valid(other_length, m)
+  vr, vo = length_mask(reference_length, n), length_mask(other_length, m)
   x = jnp.where(vr[..., None] & ok[:, None, None], x, 0)              # keep NaN garbage out
   y = jnp.where(vo[..., None] & ok[:, None, None], y, 0)
   c = alignment_cost(x, y, cost)                                       # (B, n, m)
@@ -204,7 +200,7 @@ def align_to_reference(reference_features: Array | None, reference_length: Array
   w = alignment_weights(reference_features, reference_length, other_features, other_length,
                         method, other_steps=values.shape[1], **kwargs)
   dtype = at_least_float32(values)
-  v = jnp.where(_valid(other_length, values.shape[1])[..., None], values, 0).astype(dtype)
+  v = jnp.where(length_mask(other_length, values.shape[1])[..., None], values, 0).astype(dtype)
   w = w.astype(dtype)
   total = jnp.sum(w, -1, keepdims=True)                                # (B, n, 1)
   out = jnp.einsum("bnm,bmd->bnd", w, v, precision=_HIGHEST)           # (B, n, m) @ (B, m, D)

@@ -76,8 +76,8 @@ def missing_streams(ctx, *, splits=None, streams: Sequence[str] | None = None,
         out = ctx.embed(split, ("logits",), transform=WithoutStream(base, stream, h),
                         key=f"without_{stream}_{h}")
         suffix = "" if h == "mask" else f"_{h}"
-        results["metrics"][f"{split}/accuracy_without_{stream}{suffix}"] = float(
-            np.mean(np.argmax(out["logits"], -1) == out["label"]))
+        results["metrics"][f"{split}/accuracy_without_{stream}{suffix}"] = quantify.accuracy(
+            out["logits"], out["label"])
   return results
 
 

@@ -65,6 +65,12 @@ class LayerNorm(nn.LayerNorm):
   """@private zeros, with the logical axis name 'embed'."""
 
 
+def length_mask(lengths, steps: int):
+  """(B,) lengths -> (B, steps) bool, True on the first lengths[b] steps of each row (the real
+  steps of a padded sequence)."""
+  return jnp.arange(steps) < jnp.asarray(lengths)[:, None]
+
+
 def named_dense(features, axes, dtype, param_dtype, name, use_bias=True):
   """nn.Dense whose kernel and bias carry the logical axis names `axes` (in, out) and (out,)."""
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,

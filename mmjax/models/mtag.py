@@ -2,7 +2,7 @@
 "MTAG: Modal-Temporal Attention Graph for Unaligned Human Multimodal Language Sequences", NAACL,
 https://arxiv.org/abs/2010.11985).
 
-  num_edge_types, graph_nodes, edge_types, prune_top_k, masked_softmax
+  num_edge_types, graph_nodes, edge_types, prune_top_k
                            the graph itself: mmjax.models.mtag_graph (importable from here too)
   ModalTemporalAttention   multi-head graph attention: per-modality projections, per-edge-type
                            attention vectors and biases. (B, N, D) -> (B, N, D), (B, H, N, N);
@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.models.common import Dtype, LayerNorm, logical
-from mmjax.models.mtag_graph import (check_keep, edge_types, graph_nodes, masked_softmax,
-                                     num_edge_types, prune_top_k)
+from mmjax.models.mtag_graph import (check_keep, edge_types, graph_nodes, num_edge_types,
+                                     prune_top_k)
 from mmjax.models.transformer import Mlp
 
 
@@ -151,7 +151,8 @@ class ModalTemporalAttention(nn.Module):
     if self.content:
       q, k = proj("query"), proj("key")
       logits = logits + jnp.einsum("bihc,bjhc->bhij", q, k).astype(f32) / math.sqrt(c)
-    alpha = masked_softmax(logits, adjacency[:, None])              # (B, H, N, N)
+    # over the edges into each node; a node without any gets zeros (and masked entries no gradient)
+    alpha = jax.nn.softmax(logits, axis=-1, where=adjacency[:, None])   # (B, H, N, N)
     y = jnp.einsum("bhij,bjhc->bihc", alpha.astype(self.dtype), v)  # (B, N, H, C)
     y = nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                         kernel_init=logical(nn.initializers.xavier_uniform(), "heads", "kv",

@@ -1,5 +1,5 @@
 """The graph of MTAG (Yang et al. 2021, "MTAG: Modal-Temporal Attention Graph for Unaligned Human
-Multimodal Language Sequences", NAACL): its nodes, typed edges, edge pruning and masked softmax, as
+Multimodal Language Sequences", NAACL): its nodes, typed edges and edge pruning, as
 pure functions on dense batched arrays (mmjax.models.mtag builds the layers on them).
 
   num_edge_types(M)        3 * M * M: (source modality, target modality, past / present / future)
@@ -10,8 +10,6 @@ pure functions on dense batched arrays (mmjax.models.mtag builds the layers on t
                            (B, N, N) type of every edge source j -> target i, -1 where there is none
   prune_top_k(attention, adjacency, k)
                            keeps the k (or a ratio of the) strongest incoming edges of every node
-  masked_softmax(logits, mask)
-                           softmax over the allowed entries; a row with none of them gives zeros
 """
 from __future__ import annotations
 
@@ -20,6 +18,8 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mmjax.models.common import length_mask
 
 PAST, PRESENT, FUTURE = 0, 1, 2
 """Temporal relations of an edge source j -> target i: t_j before, at, or after t_i."""
@@ -50,9 +50,8 @@ def graph_nodes(xs: Mapping[str, jax.Array], lengths: Mapping[str, jax.Array] | 
     b, t = x.shape[:2]
     n = None if lengths is None else lengths.get(name)
     n = jnp.full((b,), t, jnp.int32) if n is None else jnp.asarray(n, jnp.int32)
-    pos = jnp.arange(t, dtype=jnp.float32)
-    valid = pos < n[:, None]                                        # (B, T)
-    times.append((pos + 0.5) / jnp.maximum(n, 1)[:, None].astype(jnp.float32))
+    valid = length_mask(n, t)                                       # (B, T)
+    times.append((jnp.arange(t, dtype=jnp.float32) + 0.5) / jnp.maximum(n, 1)[:, None].astype(jnp.float32))
     ids.append(np.full((t,), m, np.int32))
     mask.append(valid)
     parts.append(jnp.where(valid[..., None], x, jnp.zeros((), x.dtype)))
@@ -149,14 +148,3 @@ def prune_top_k(attention, adjacency, k):
   room = k - jnp.sum(above, axis=-1, keepdims=True)
   keep = above | (tied & (jnp.cumsum(tied, axis=-1) <= room))
   return adjacency & keep & (k > 0)
-
-
-def masked_softmax(logits, mask):
-  """Softmax over the last axis of logits restricted to mask; a row without any allowed entry
-  gives all zeros (not NaN), and masked entries get no gradient."""
-  logits = jnp.where(mask, logits, -jnp.inf)
-  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  top = jnp.where(jnp.isfinite(top), top, 0.0)
-  e = jnp.where(mask, jnp.exp(logits - top), 0.0)
-  total = jnp.sum(e, axis=-1, keepdims=True)
-  return e / jnp.where(total > 0, total, 1.0)

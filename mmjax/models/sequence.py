@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.common import Dtype, LayerNorm, MlpHead, logical, named_dense
+from mmjax.models.common import Dtype, LayerNorm, MlpHead, length_mask, logical, named_dense
 from mmjax.models.cross_attention import CrossModalTransformer
 from mmjax.models.fusion import LowRankFusion, TensorFusion
 from mmjax.models.transformer import Encoder
@@ -61,7 +61,7 @@ def sinusoidal_positions(length: int, width: int) -> Array:
 def masked_mean(x: Array, lengths: Array) -> Array:
   """Mean over the first lengths[b] steps of each row: (B, T, D), (B,) -> (B, D); a row with no
   real step gives zeros, and padded steps are ignored even when NaN."""
-  valid = jnp.arange(x.shape[1]) < jnp.asarray(lengths)[:, None]    # (B, T)
+  valid = length_mask(lengths, x.shape[1])                           # (B, T)
   total = jnp.sum(jnp.where(valid[..., None], x, 0), axis=1)       # (B, D)
   return total / jnp.maximum(jnp.sum(valid, -1, keepdims=True), 1).astype(total.dtype)
 
@@ -106,7 +106,7 @@ class StreamEmbed(nn.Module):
                           "vocab_sizes"))
     b, t = x.shape[:2]
     n, present = _stream_lengths(inputs, self.stream, b, t)
-    valid = jnp.arange(t) < n[:, None]                                # (B, T)
+    valid = length_mask(n, t)                                         # (B, T)
     if self.vocab_size:
       e = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=self.param_dtype,
                    embedding_init=logical(nn.initializers.normal(1.0), "vocab", "embed"),
@@ -118,7 +118,7 @@ class StreamEmbed(nn.Module):
     token = self.param("mask_token", logical(nn.initializers.normal(1.0), "embed"),
                        (self.width,), self.param_dtype)
     n = jnp.where(present, n, jnp.maximum(n, min(t, 1)))
-    valid = jnp.arange(t) < n[:, None]
+    valid = length_mask(n, t)
     e = jnp.where(present[:, None, None], e, token.astype(e.dtype))
     return jnp.where(valid[..., None], e, 0), n
 
@@ -262,11 +262,11 @@ class EarlyFusion(_SequenceModel):
     present = {s: _stream_lengths(inputs, s, e_ref.shape[0], embedded[s][0].shape[1])[1]
                for s in self.streams}
     parts = [e_ref]
+    f_ref = e_ref if self.align == "none" else self._features(feats, self.reference, e_ref)
     for s in self.streams:
       if s == self.reference:
         continue
       e, n = embedded[s]                                              # (B, To, W)
-      f_ref = e_ref if self.align == "none" else self._features(feats, self.reference, e_ref)
       f = None if self.align == "none" else self._features(feats, s, e)
       parts.append(self.aligner(f_ref, n_ref, f, n, e, self.align, cost=self.cost,
                                       epsilon=self.epsilon, num_iters=self.num_iters,
