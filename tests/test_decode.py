@@ -63,6 +63,26 @@ def test_crop_window_draws_what_random_resized_crop_drew(shape, scale):
       assert got == tuple(int(v) for v in want)
 
 
+def test_crop_window_shortcut_only_where_no_try_fits():
+  """crop_window skips drawing where no window can fit; across many shapes (near the boundary
+  too) it still returns what the ten tries would."""
+  shapes = np.random.default_rng(0).integers(8, 1200, size=(300, 2))
+  shapes = [tuple(int(v) for v in s) for s in shapes] + [(300, 400), (299, 400), (301, 400),
+                                                         (240, 320), (3, 4), (4, 3), (1, 1)]
+  skipped = 0
+  for shape in shapes:
+    for scale in [(0.9, 1.0), (0.5, 1.0), (0.08, 1.0), (1.0, 1.0)]:
+      skipped += not decode._window_can_fit(*shape, scale, (3 / 4, 4 / 3))  # pylint: disable=protected-access
+      for seed in range(4):
+        want = _old_window(*shape, np.random.default_rng(seed), scale)
+        side = min(shape)
+        want = (((shape[0] - side) // 2, (shape[1] - side) // 2, side, side) if want is None
+                else tuple(int(v) for v in want))
+        assert decode.crop_window(*shape, np.random.default_rng(seed), scale) == want, (shape,
+                                                                                        scale)
+  assert skipped > 100  # the shortcut is taken, not only the loop
+
+
 def test_dct_scale_keeps_at_least_the_output_size_across_the_window():
   assert decode.dct_scale(256, 384, (0, 64, 256, 256), 224) == 1
   assert decode.dct_scale(512, 768, (0, 0, 480, 470), 224) == 2
