@@ -71,7 +71,7 @@ def test_crop_window_shortcut_only_where_no_try_fits():
                                                          (240, 320), (3, 4), (4, 3), (1, 1)]
   skipped = 0
   for shape in shapes:
-    for scale in [(0.9, 1.0), (0.5, 1.0), (0.08, 1.0), (1.0, 1.0)]:
+    for scale in [(0.9, 1.0), (0.5, 1.0), (0.08, 1.0), (1.0, 1.0), (0.0, 0.2)]:
       skipped += not decode._window_can_fit(*shape, scale, (3 / 4, 4 / 3))  # pylint: disable=protected-access
       for seed in range(4):
         want = _old_window(*shape, np.random.default_rng(seed), scale)
@@ -81,6 +81,10 @@ def test_crop_window_shortcut_only_where_no_try_fits():
         assert decode.crop_window(*shape, np.random.default_rng(seed), scale) == want, (shape,
                                                                                         scale)
   assert skipped > 100  # the shortcut is taken, not only the loop
+  for scale, ratio in (((1.0, 0.9), (3 / 4, 4 / 3)), ((0.9, 1.0), (4 / 3, 3 / 4)),
+                       ((-0.1, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (0.0, 1.0))):
+    with pytest.raises(ValueError, match=r"crop_window: scale .* ratio"):
+      decode.crop_window(256, 384, np.random.default_rng(0), scale, ratio)
 
 
 def test_dct_scale_keeps_at_least_the_output_size_across_the_window():

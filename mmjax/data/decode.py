@@ -73,6 +73,9 @@ def crop_window(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1
   `scale` and aspect ratio in `ratio`, up to 10 tries; then the central square (the window a
   shorter-side resize + central crop sees). Draws from rng exactly as random_resized_crop did,
   except that it draws nothing where no try can fit (same window: the central square)."""
+  if not (0 <= scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1]):
+    raise ValueError(f"crop_window: scale {tuple(scale)} must be 0 <= low <= high (area "
+                     f"fractions) and ratio {tuple(ratio)} 0 < low <= high (aspect ratios)")
   if not _window_can_fit(height, width, scale, ratio):  # a 3:2 photo at area >= 0.9: the ten
     return _central_square(height, width)              # failed tries were 10% of its 0.57 ms
   log_ratio = np.log(ratio[0]), np.log(ratio[1])  # once, not per try: 10 tries cost 0.09 ms
@@ -96,6 +99,8 @@ def _window_can_fit(height: int, width: int, scale, ratio) -> bool:
   the smallest area needs aspect >= area / (height + 1)^2 and <= (width + 1)^2 / area (one pixel
   of slack covers the rounding), and a larger area only narrows that range."""
   area = height * width * scale[0]
+  if area <= 0:  # a zero area fraction: the tries decide
+    return True
   return max(ratio[0], area / (height + 1) ** 2) <= min(ratio[1], (width + 1) ** 2 / area)
 
 
