@@ -78,10 +78,14 @@ def crop_window(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1
                      f"fractions) and ratio {tuple(ratio)} 0 < low <= high (aspect ratios)")
   if not _window_can_fit(height, width, scale, ratio):  # a 3:2 photo at area >= 0.9: the ten
     return _central_square(height, width)              # failed tries were 10% of its 0.57 ms
-  log_ratio = np.log(ratio[0]), np.log(ratio[1])  # once, not per try: 10 tries cost 0.09 ms
+  # rng.uniform(low, high) is low + (high - low) * rng.random() in C: the same doubles, written out
+  # with Python floats (crop_window on a 300x300 image: 21 -> 12 us)
+  area_low, area_span = float(scale[0]), float(scale[1]) - float(scale[0])
+  log_low = float(np.log(ratio[0]))
+  log_span = float(np.log(ratio[1])) - log_low
   for _ in range(10):
-    area = height * width * rng.uniform(*scale)
-    aspect = np.exp(rng.uniform(*log_ratio))
+    area = height * width * (area_low + area_span * rng.random())
+    aspect = float(np.exp(log_low + log_span * rng.random()))
     ch, cw = round(math.sqrt(area / aspect)), round(math.sqrt(area * aspect))  # = np.sqrt
     if 0 < ch <= height and 0 < cw <= width:
       top, left = rng.integers(0, height - ch + 1), rng.integers(0, width - cw + 1)
