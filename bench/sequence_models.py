@@ -10,9 +10,9 @@ its own process (what a user runs); the table reads each run's results.json and 
 Training time is total_steps x batch / the logged images per second (evaluation excluded). A
 workdir that already holds a finished run is read, not retrained (delete it to rerun).
 --set passes --config.KEY=VALUE to every run (e.g. --set total_steps=300 for a quick look).
---step_ms trains nothing: it times the jitted training step (loss, gradients, AdamW update) of each
-model on one generated batch of the config's size, in this process, and prints milliseconds per
-step (the median of 5 rounds of 5 steps, after compilation).
+--step_ms trains nothing: it times train.py's jitted training step (loss, gradients, the config's
+optimizer) of each model on one generated batch of the config's size, in this process, and prints
+milliseconds per step (the median of 5 rounds of 5 steps, after compilation).
 """
 from __future__ import annotations
 
@@ -56,15 +56,17 @@ def run(variant: str, out: pathlib.Path, data_dir: str, sets) -> dict:
 
 
 def step_ms(variant: str, rounds: int = 5, steps: int = 5) -> float:
-  """Milliseconds per training step of a config's model on one generated unaligned batch."""
+  """Milliseconds per training step of a config's model on one generated unaligned batch: train.py's
+  own step (mmjax.train.step.make_train_step with the config's optimizer, on the config's mesh)."""
   import time  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
 
-  from mmjax import tasks  # pylint: disable=import-outside-toplevel
+  from mmjax import parallel, tasks  # pylint: disable=import-outside-toplevel
   from mmjax.data import sequences  # pylint: disable=import-outside-toplevel
+  from mmjax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from mmjax.train import step as step_lib  # pylint: disable=import-outside-toplevel
   config = seq_configs.get_config(variant)
   task = tasks.get(config.task)
   model = task.build_model(config)
@@ -73,22 +75,20 @@ def step_ms(variant: str, rounds: int = 5, steps: int = 5) -> float:
   rows = [make.random_map(sequences.make_example(data, "train", i), np.random.default_rng(i))
           for i in range(config.batch_size)]
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-  params = jax.jit(task.init_fn(model, config))(jax.random.key(0))["params"]
-  loss_fn, opt = task.make_loss_fn(model, config, None), optax.adamw(config.lr)
-
-  @jax.jit
-  def step(params, opt_state, batch):        # the batch an argument: nothing folds into constants
-    grads = jax.grad(lambda p: loss_fn(p, batch)[0])(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  state = jax.block_until_ready(step(params, opt.init(params), batch))
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  tx = state_lib.make_optimizer(config)
+  state, shardings = parallel.init_sharded(
+      lambda rng: state_lib.create_state(task.init_fn(model, config), tx, rng), mesh,
+      jax.random.key(0))
+  # the batch is an argument of the jitted step, so nothing in it folds into constants
+  step = step_lib.make_train_step(task.make_loss_fn(model, config, mesh), tx, mesh, shardings)
+  state = jax.block_until_ready(step(state, batch)[0])
   times = []
   for _ in range(rounds):
     start = time.perf_counter()
     for _ in range(steps):
-      state = step(*state, batch)
-    jax.block_until_ready(state)
+      state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
     times.append((time.perf_counter() - start) / steps * 1e3)
   return float(np.median(times))
 

@@ -51,7 +51,8 @@ def graph_nodes(xs: Mapping[str, jax.Array], lengths: Mapping[str, jax.Array] | 
     n = None if lengths is None else lengths.get(name)
     n = jnp.full((b,), t, jnp.int32) if n is None else jnp.asarray(n, jnp.int32)
     valid = length_mask(n, t)                                       # (B, T)
-    times.append((jnp.arange(t, dtype=jnp.float32) + 0.5) / jnp.maximum(n, 1)[:, None].astype(jnp.float32))
+    times.append((jnp.arange(t, dtype=jnp.float32) + 0.5)
+                 / jnp.maximum(n, 1)[:, None].astype(jnp.float32))
     ids.append(np.full((t,), m, np.int32))
     mask.append(valid)
     parts.append(jnp.where(valid[..., None], x, jnp.zeros((), x.dtype)))
@@ -147,4 +148,4 @@ def prune_top_k(attention, adjacency, k):
   tied = keys == kth                                                # the lowest sources win
   room = k - jnp.sum(above, axis=-1, keepdims=True)
   keep = above | (tied & (jnp.cumsum(tied, axis=-1) <= room))
-  return adjacency & keep & (k > 0)
+  return adjacency & keep   # a float k is 0 only on a row without edges
