@@ -15,7 +15,9 @@ variant = MODEL[,aligned][,dropout][,tiny]:
   tiny     a few steps on little data, for tests
 Evaluated after the last step: accuracy (and the confusion in eval.py), accuracy with each stream
 absent (mask token and zeros), EMAP and modality contribution of words vs audio + video.
-Train with fewer streams: --config.model.streams='("audio", "words")'.
+Train with fewer streams: --config.model.streams='("audio", "words")'. Positions (StreamEmbed):
+model.positions "step" (the step index; every model but MTAG) or "time" (the step's normalised
+time, [0, 1] spanning model.time_scale = 12 units, the length of the event clock; MTAG).
 """
 from configs import common
 
@@ -30,7 +32,10 @@ MODELS = {
     "tfn": dict(type="tfn"),
     "lmf": dict(type="lmf"),
     "mult": dict(type="mult"),
-    "mtag": dict(type="mtag", depth=2),   # two graph layers: the first one's attention prunes
+    # two graph layers (the first one's attention prunes); positions on the normalised time
+    # axis, the clock of MTAG's graph nodes and edge types (0.731 test accuracy against 0.662
+    # with step positions: BENCHMARKS.md)
+    "mtag": dict(type="mtag", depth=2, positions="time"),
 }
 FLAGS = ("aligned", "dropout", "tiny")
 
@@ -55,7 +60,7 @@ def get_config(variant: str = ""):
   c.dataset.stream_dropout = 0.2 if "dropout" in flags else 0.0
   c.model = dict(type="mult", streams=("audio", "video", "words"), width=32, depth=1,
                  num_heads=4, num_classes=2, align="none", reference="words",
-                 cost="sqeuclidean", keep_edges=0.5)
+                 cost="sqeuclidean", keep_edges=0.5, positions="step", time_scale=12.0)
   c.model.update(MODELS[model])
   c.eval_batch_size = 250
   if "tiny" in flags:

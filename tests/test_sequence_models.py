@@ -59,6 +59,7 @@ MODELS = {
     "pooled_lowrank": functools.partial(S.PooledFusion, fusion="lowrank", fusion_dim=3, rank=2),
     "mult": S.MulT,
     "graph": functools.partial(S.GraphClassifier, graph=_MeanGraph()),
+    "graph_time": functools.partial(S.GraphClassifier, graph=_MeanGraph(), positions="time"),
 }
 
 
@@ -210,6 +211,41 @@ def test_masked_mean_and_bad_arguments():
   with pytest.raises(ValueError, match="no stream 'speech'"):
     S.Unimodal(stream="speech", **COMMON).init(jax.random.key(0), _batch(0))
   assert set(S.SEQUENCE_MODELS) == {"unimodal", "late", "early", "pooled", "mult", "graph"}
+
+
+def test_positions_encode_the_step_or_the_normalised_time():
+  d = 6
+  p = np.array([[0.0, 0.5, 2.25], [7.0, 11.5, 30.0]])
+  k = np.arange(3)
+  want = np.concatenate([np.sin(p[..., None] * 1e4 ** (-2 * k / d)),
+                         np.cos(p[..., None] * 1e4 ** (-2 * k / d))], -1)   # float64
+  np.testing.assert_allclose(np.asarray(S.sinusoidal_encoding(p, d)), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(S.sinusoidal_positions(5, d)),
+                                np.asarray(S.sinusoidal_encoding(np.arange(5.0), d)))
+  n = np.array([4, 8, 0])
+  np.testing.assert_allclose(np.asarray(S.time_positions(jnp.asarray(n), 8, 12.0)),
+                             12.0 * (np.arange(8) + 0.5) / np.maximum(n, 1)[:, None], rtol=1e-6)
+  # with a zero projection the embedding is the positions alone: real steps only, on the clock
+  x = np.full((3, 8, F), np.nan, np.float32)
+  for row, length in enumerate(n):
+    x[row, :length] = 1.0
+  inputs = {"audio": x, "audio_length": n}
+  embed = S.StreamEmbed("audio", d, positions="time", time_scale=12.0)
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                        jax.eval_shape(embed.init, jax.random.key(0), inputs))
+  e, lengths = embed.apply(params, inputs)
+  valid = np.arange(8) < n[:, None]
+  ref = np.where(valid[..., None], S.sinusoidal_encoding(
+      12.0 * (np.arange(8) + 0.5) / np.maximum(n, 1)[:, None], d), 0)
+  np.testing.assert_allclose(np.asarray(e), ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(lengths), n)
+  with pytest.raises(ValueError, match="positions='clock'"):
+    S.StreamEmbed("audio", d, positions="clock").init(jax.random.key(0), inputs)
+  # the models pass the choice to every embedding, the late-fusion branches' too
+  model, params = _model_and_params("late")
+  timed = S.LateFusion(streams=("audio", "video", "words"), positions="time", **COMMON)
+  assert np.abs(np.asarray(timed.apply(params, _batch(0)) - model.apply(params, _batch(0)))
+                ).max() > 1e-4
 
 
 # -------------------------------------------------------------------------------------- models

@@ -74,7 +74,9 @@ def test_bad_model_settings_name_the_value(data_dir):
   task = tasks.get("sequences")
   for override, message in ((dict(type="rnn"), "unknown config.model.type 'rnn'"),
                             (dict(streams=("audio", "smell")), "config.model.streams"),
-                            (dict(type="unimodal", streams=("audio", "words")), "reads one")):
+                            (dict(type="unimodal", streams=("audio", "words")), "reads one"),
+                            (dict(positions="clock"), "config.model.positions='clock'"),
+                            (dict(positions="time", time_scale=0), "time_scale > 0")):
     c = _config("mult", data_dir)
     c.model.update(override)
     with pytest.raises(UserError, match=message):

@@ -2,6 +2,8 @@
 offsets and time warps between streams (issue 17).
 
   sinusoidal_positions(T, D)  (T, D) fixed sine / cosine positions (Vaswani et al. 2017)
+  sinusoidal_encoding(p, D)   (..., D) the same features at real-valued positions p (...,)
+  time_positions(n, T, scale) (B, T) each step's centre on its stream's normalised time
   masked_mean(x, lengths)     (B, T, D), (B,) -> (B, D) mean over the real steps (0 for none)
   StreamEmbed       one stream -> (B, T, width), lengths: Dense (features) or Embed (tokens) plus
                     positions; absent rows get a learned mask token
@@ -49,13 +51,29 @@ DEFAULT_STREAMS = ("audio", "video", "words")
 FUSIONS = ("tensor", "lowrank")
 
 
-def sinusoidal_positions(length: int, width: int) -> Array:
-  """Fixed positions (Vaswani et al. 2017): (T, D) with sin(t w_k) in the first D/2 columns and
-  cos(t w_k) in the rest, w_k = 10000^(-2k/D). Depends only on the step t, not on T."""
+def sinusoidal_encoding(positions, width: int) -> Array:
+  """Fixed sine / cosine features (Vaswani et al. 2017) of real-valued positions p: (...,) ->
+  (..., D) with sin(p w_k) in the first ceil(D/2) columns and cos(p w_k) in the rest,
+  w_k = 10000^(-2k/D)."""
   half = (width + 1) // 2
-  t = jnp.arange(length, dtype=jnp.float32)[:, None]                 # (T, 1)
   w = 10000.0 ** (-2 * jnp.arange(half, dtype=jnp.float32) / width)  # (D/2,)
-  return jnp.concatenate([jnp.sin(t * w), jnp.cos(t * w)], -1)[:, :width]
+  p = jnp.asarray(positions, jnp.float32)[..., None] * w             # (..., D/2)
+  return jnp.concatenate([jnp.sin(p), jnp.cos(p)], -1)[..., :width]
+
+
+def sinusoidal_positions(length: int, width: int) -> Array:
+  """Fixed positions (Vaswani et al. 2017): (T, D), sinusoidal_encoding of the steps 0..T-1.
+  Depends only on the step t, not on T."""
+  return sinusoidal_encoding(jnp.arange(length, dtype=jnp.float32), width)
+
+
+def time_positions(lengths: Array, steps: int, scale: float) -> Array:
+  """(B,), T -> (B, T): step t of a row of n real steps at scale * (t + 0.5) / n, the centre of its
+  interval on the stream's normalised time [0, 1] (where mmjax.models.mtag_graph.graph_nodes puts
+  its node) in units of 1 / scale. Streams at different rates then share one clock: the first and
+  last events of every stream sit near 0 and scale. A row with n = 0 is taken as n = 1."""
+  t = jnp.arange(steps, dtype=jnp.float32)[None] + 0.5                # (1, T)
+  return scale * t / jnp.maximum(jnp.asarray(lengths), 1)[:, None].astype(jnp.float32)
 
 
 def masked_mean(x: Array, lengths: Array) -> Array:
@@ -83,15 +101,19 @@ class StreamEmbed(nn.Module):
   """One stream of the input dict -> (embedded (B, T, width), lengths (B,) int32).
 
   Continuous features (B, T, F) go through a Dense layer, tokens (B, T) (when vocab_size is set)
-  through nn.Embed; sinusoidal positions are added. Rows whose `{stream}_present` is False have
-  their real steps replaced by a learned mask token and at least one real step (lengths max(n, 1)). Padded
-  steps are 0.
+  through nn.Embed; sinusoidal positions are added: of the step index (positions="step", as
+  Vaswani et al. 2017) or of the step's normalised time (positions="time": time_positions with
+  time_scale, so the same place in the story gets the same position in every stream, whatever its
+  rate). Rows whose `{stream}_present` is False have their real steps replaced by a learned mask
+  token and at least one real step (lengths max(n, 1)). Padded steps are 0.
   """
   stream: str
   width: int
   vocab_size: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  positions: str = "step"
+  time_scale: float = 12.0
 
   @nn.compact
   def __call__(self, inputs):
@@ -114,7 +136,13 @@ class StreamEmbed(nn.Module):
     else:
       x = jnp.where(valid[..., None], x, 0).astype(self.dtype)
       e = named_dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "proj")(x)
-    e = e + sinusoidal_positions(t, self.width).astype(e.dtype)
+    if self.positions == "step":
+      e = e + sinusoidal_positions(t, self.width).astype(e.dtype)
+    elif self.positions == "time":
+      e = e + sinusoidal_encoding(time_positions(n, t, self.time_scale), self.width).astype(e.dtype)
+    else:
+      raise ValueError(f"positions={self.positions!r}: expected 'step' (the step index) or "
+                       "'time' (the step's normalised time)")
     token = self.param("mask_token", logical(nn.initializers.normal(1.0), "embed"),
                        (self.width,), self.param_dtype)
     n = jnp.where(present, n, jnp.maximum(n, min(t, 1)))
@@ -132,6 +160,8 @@ class _SequenceModel(nn.Module):
     width, depth, num_heads, mlp_ratio: the architecture (hidden width; layers per encoder or
       per-step MLP; attention heads; feed-forward width / width).
     vocab_sizes: (stream, vocabulary size) pairs of the token streams.
+    positions, time_scale: what the sinusoidal positions of every stream encode (StreamEmbed):
+      "step" the step index; "time" the normalised time, [0, 1] spanning time_scale units.
   """
   streams: tuple[str, ...] = DEFAULT_STREAMS
   num_classes: int = 2
@@ -142,10 +172,12 @@ class _SequenceModel(nn.Module):
   vocab_sizes: tuple[tuple[str, int], ...] = (("words", 26),)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  positions: str = "step"
+  time_scale: float = 12.0
 
   def _embed(self, inputs, stream: str):
     return StreamEmbed(stream, self.width, dict(self.vocab_sizes).get(stream),
-                       self.dtype, self.param_dtype,
+                       self.dtype, self.param_dtype, self.positions, self.time_scale,
                        name=f"embed_{stream}")(inputs)
 
   def _encode(self, x, lengths, name: str):
@@ -204,7 +236,8 @@ class LateFusion(_SequenceModel):
   def __call__(self, inputs):
     self._check_streams()
     kw = {f: getattr(self, f) for f in ("num_classes", "width", "depth", "num_heads", "mlp_ratio",
-                                        "vocab_sizes", "dtype", "param_dtype")}
+                                        "vocab_sizes", "dtype", "param_dtype", "positions",
+                                        "time_scale")}
     logits = [Unimodal(streams=(s,), stream=s, name=f"branch_{s}", **kw)(inputs)
               for s in self.streams]
     return functools.reduce(jnp.add, logits)                          # (B, num_classes)
