@@ -70,8 +70,9 @@ def sinusoidal_positions(length: int, width: int) -> Array:
 def time_positions(lengths: Array, steps: int, scale: float) -> Array:
   """(B,), T -> (B, T): step t of a row of n real steps at scale * (t + 0.5) / n, the centre of its
   interval on the stream's normalised time [0, 1] (where mmjax.models.mtag_graph.graph_nodes puts
-  its node) in units of 1 / scale. Streams at different rates then share one clock: the first and
-  last events of every stream sit near 0 and scale. A row with n = 0 is taken as n = 1."""
+  its node), stretched so that [0, 1] spans `scale` position units. Streams at different rates
+  then share one clock: the first and last steps of every stream sit near 0 and scale. A row with
+  n = 0 is taken as n = 1."""
   t = jnp.arange(steps, dtype=jnp.float32)[None] + 0.5                # (1, T)
   return scale * t / jnp.maximum(jnp.asarray(lengths), 1)[:, None].astype(jnp.float32)
 
