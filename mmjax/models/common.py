@@ -6,6 +6,8 @@
   logical(init, ...)  an initializer whose param carries logical axis names
                       (mmjax.parallel.LOGICAL_RULES maps them onto the device mesh)
   LayerNorm           nn.LayerNorm with logically named scale and bias
+  length_mask         (B,) lengths -> (B, T) bool, the real steps of padded sequences
+  time_positions      (B,) lengths -> (B, T) each step's centre on its sequence's normalised time
   named_dense         nn.Dense with logically named kernel and bias
   MlpHead             hidden Dense + activation layers, then an output Dense: (B, D) -> (B, out_dim)
   check_modalities    checks a list of (B, d_i) modality arrays, ValueError naming the bad one
@@ -69,6 +71,17 @@ def length_mask(lengths, steps: int):
   """(B,) lengths -> (B, steps) bool, True on the first lengths[b] steps of each row (the real
   steps of a padded sequence)."""
   return jnp.arange(steps) < jnp.asarray(lengths)[:, None]
+
+
+def time_positions(lengths, steps: int, scale: float = 1.0):
+  """(B,), T -> (B, T) float32: step t of a row of n real steps at scale * (t + 0.5) / n, the
+  centre of its interval on the sequence's normalised time [0, 1], stretched so that [0, 1] spans
+  `scale` units. Sequences at different rates then share one clock: the first and last steps of
+  each sit near 0 and scale. A row with n = 0 is taken as n = 1. MTAG's graph nodes sit here
+  (mmjax.models.mtag_graph.graph_nodes, scale 1), and so do the "time" positions of the sequence
+  models (mmjax.models.sequence.StreamEmbed)."""
+  t = jnp.arange(steps, dtype=jnp.float32)[None] + 0.5                # (1, T)
+  return scale * t / jnp.maximum(jnp.asarray(lengths), 1)[:, None].astype(jnp.float32)
 
 
 def named_dense(features, axes, dtype, param_dtype, name, use_bias=True):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.models.common import length_mask
+from mmjax.models.common import length_mask, time_positions
 
 PAST, PRESENT, FUTURE = 0, 1, 2
 """Temporal relations of an edge source j -> target i: t_j before, at, or after t_i."""
@@ -51,8 +51,7 @@ def graph_nodes(xs: Mapping[str, jax.Array], lengths: Mapping[str, jax.Array] | 
     n = None if lengths is None else lengths.get(name)
     n = jnp.full((b,), t, jnp.int32) if n is None else jnp.asarray(n, jnp.int32)
     valid = length_mask(n, t)                                       # (B, T)
-    times.append((jnp.arange(t, dtype=jnp.float32) + 0.5)
-                 / jnp.maximum(n, 1)[:, None].astype(jnp.float32))
+    times.append(time_positions(n, t))
     ids.append(np.full((t,), m, np.int32))
     mask.append(valid)
     parts.append(jnp.where(valid[..., None], x, jnp.zeros((), x.dtype)))

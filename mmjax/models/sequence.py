@@ -4,6 +4,7 @@ offsets and time warps between streams (issue 17).
   sinusoidal_positions(T, D)  (T, D) fixed sine / cosine positions (Vaswani et al. 2017)
   sinusoidal_encoding(p, D)   (..., D) the same features at real-valued positions p (...,)
   time_positions(n, T, scale) (B, T) each step's centre on its stream's normalised time
+                              (from mmjax.models.common)
   masked_mean(x, lengths)     (B, T, D), (B,) -> (B, D) mean over the real steps (0 for none)
   StreamEmbed       one stream -> (B, T, width), lengths: Dense (features) or Embed (tokens) plus
                     positions; absent rows get a learned mask token
@@ -32,6 +33,7 @@ input the model learns from, and no attention ever sees an empty set of keys (no
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -39,7 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.common import Dtype, LayerNorm, MlpHead, length_mask, logical, named_dense
+from mmjax.models.common import (Dtype, LayerNorm, MlpHead, length_mask, logical, named_dense,
+                                 time_positions)
 from mmjax.models.cross_attention import CrossModalTransformer
 from mmjax.models.fusion import LowRankFusion, TensorFusion
 from mmjax.models.transformer import Encoder
@@ -65,16 +68,6 @@ def sinusoidal_positions(length: int, width: int) -> Array:
   """Fixed positions (Vaswani et al. 2017): (T, D), sinusoidal_encoding of the steps 0..T-1.
   Depends only on the step t, not on T."""
   return sinusoidal_encoding(jnp.arange(length, dtype=jnp.float32), width)
-
-
-def time_positions(lengths: Array, steps: int, scale: float) -> Array:
-  """(B,), T -> (B, T): step t of a row of n real steps at scale * (t + 0.5) / n, the centre of its
-  interval on the stream's normalised time [0, 1] (where mmjax.models.mtag_graph.graph_nodes puts
-  its node), stretched so that [0, 1] spans `scale` position units. Streams at different rates
-  then share one clock: the first and last steps of every stream sit near 0 and scale. A row with
-  n = 0 is taken as n = 1."""
-  t = jnp.arange(steps, dtype=jnp.float32)[None] + 0.5                # (1, T)
-  return scale * t / jnp.maximum(jnp.asarray(lengths), 1)[:, None].astype(jnp.float32)
 
 
 def masked_mean(x: Array, lengths: Array) -> Array:
@@ -236,9 +229,8 @@ class LateFusion(_SequenceModel):
   @nn.compact
   def __call__(self, inputs):
     self._check_streams()
-    kw = {f: getattr(self, f) for f in ("num_classes", "width", "depth", "num_heads", "mlp_ratio",
-                                        "vocab_sizes", "dtype", "param_dtype", "positions",
-                                        "time_scale")}
+    kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(_SequenceModel)
+          if f.name not in ("streams", "parent", "name")}      # every shared setting, positions too
     logits = [Unimodal(streams=(s,), stream=s, name=f"branch_{s}", **kw)(inputs)
               for s in self.streams]
     return functools.reduce(jnp.add, logits)                          # (B, num_classes)

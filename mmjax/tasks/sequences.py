@@ -37,17 +37,17 @@ MODELS = ("unimodal", "late", "early", "tfn", "lmf", "mult", "mtag")
 def build_model(config):
   """The model config.model.type names, over config.model.streams."""
   m = config.model
+  if m.positions not in ("step", "time") or not m.time_scale > 0:  # a float: ml_collections casts
+    raise UserError(f"config.model.positions={m.positions!r}, time_scale={m.time_scale!r}: "
+                    "expected positions 'step' (the step index) or 'time' (the normalised time) "
+                    "and time_scale > 0")
   kw = dict(streams=tuple(m.streams), num_classes=m.num_classes, width=m.width, depth=m.depth,
             num_heads=m.num_heads, vocab_sizes=(("words", data.VOCAB_SIZE),),
-            positions=m.get("positions", "step"), time_scale=float(m.get("time_scale", 12.0)))
+            positions=m.positions, time_scale=float(m.time_scale))
   unknown = sorted(set(kw["streams"]) - set(data.STREAMS))
   if unknown or not kw["streams"]:
     raise UserError(f"config.model.streams={tuple(m.streams)}: expected a non-empty subset of "
                     f"{data.STREAMS}")
-  if kw["positions"] not in ("step", "time") or not kw["time_scale"] > 0:
-    raise UserError(f"config.model.positions={kw['positions']!r}, time_scale={kw['time_scale']}: "
-                    "expected positions 'step' (the step index) or 'time' (the normalised time) "
-                    "and time_scale > 0")
   kind = m.type
   if kind == "unimodal":
     if len(kw["streams"]) != 1:
