@@ -34,9 +34,11 @@ def _rows(workdir):
 
 # every model class once (unimodal_video / _words, early without alignment or with OT, and LMF
 # differ from these only in settings, which test_sequence_models covers); MulT over two streams,
-# where it compiles in a third of the time (test_sequence_models runs it on three)
+# where it compiles in a third of the time (test_sequence_models runs it on three); MTAG with the
+# configured head count (the tiny variant sets two)
 TRAINED = {"unimodal_audio": {}, "late": {}, "early_dtw": {}, "tfn": {},
-           "mult": {"streams": ("audio", "words")}, "mtag": {}}
+           "mult": {"streams": ("audio", "words")},
+           "mtag": {"num_heads": seq_configs.MODELS["mtag"]["num_heads"]}}
 
 
 def test_every_model_trains_through_train_py(data_dir, tmp_path):
