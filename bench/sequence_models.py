@@ -3,13 +3,14 @@ of parameters, training time and test accuracy (all streams, each stream absent)
 
     python bench/sequence_models.py [--models mult,mtag,...] [--data_dir DIR] [--out DIR]
                                     [--variants unaligned,aligned] [--set KEY=VALUE ...]
-    python bench/sequence_models.py --step_ms [--models mult,mtag]   # training step time only
+    python bench/sequence_models.py --step_ms [--models mult,mtag] [--set KEY=VALUE ...]
 
 Each run is `python train.py --config configs/sequences.py:MODEL[,aligned] --workdir OUT/...` in
 its own process (what a user runs); the table reads each run's results.json and metrics.jsonl.
 Training time is total_steps x batch / the logged images per second (evaluation excluded). A
 workdir that already holds a finished run is read, not retrained (delete it to rerun).
---set passes --config.KEY=VALUE to every run (e.g. --set total_steps=300 for a quick look).
+--set passes --config.KEY=VALUE to every run (e.g. --set total_steps=300 for a quick look), and
+to every config --step_ms times (e.g. --set model.num_heads=4).
 --step_ms trains nothing: it times train.py's jitted training step (loss, gradients, the config's
 optimizer) of each model on one generated batch of the config's size, in this process, and prints
 milliseconds per step (the median of 5 rounds of 5 steps, after compilation).
@@ -28,11 +29,25 @@ sys.path.insert(0, str(ROOT))
 from configs import sequences as seq_configs  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def parameters(variant: str) -> int:
+def load_config(variant: str, sets=()):
+  """configs/sequences.py:variant with each KEY=VALUE of sets parsed as train.py parses
+  --config.KEY=VALUE (ml_collections' config flag); a key the config lacks or a value of the wrong
+  type raises its error, which names the key."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  argv = ["sequence_models", f"--config={ROOT}/configs/sequences.py:{variant}",
+          *[f"--config.{s}" for s in sets]]
+  flag_values = flags.FlagValues()
+  config = config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return config.value
+
+
+def parameters(variant: str, sets=()) -> int:
   """The parameter count of a config's model (shapes only, nothing computed)."""
   import jax  # pylint: disable=import-outside-toplevel
   from mmjax import tasks  # pylint: disable=import-outside-toplevel
-  config = seq_configs.get_config(variant)
+  config = load_config(variant, sets)
   task = tasks.get(config.task)
   shapes = jax.eval_shape(task.init_fn(task.build_model(config), config), jax.random.key(0))
   return sum(x.size for x in jax.tree.leaves(shapes["params"]))
@@ -55,7 +70,7 @@ def run(variant: str, out: pathlib.Path, data_dir: str, sets) -> dict:
   return results
 
 
-def step_ms(variant: str, rounds: int = 5, steps: int = 5) -> float:
+def step_ms(variant: str, sets=(), rounds: int = 5, steps: int = 5) -> float:
   """Milliseconds per training step of a config's model on one generated unaligned batch: train.py's
   own step (mmjax.train.step.make_train_step with the config's optimizer, on the config's mesh)."""
   import time  # pylint: disable=import-outside-toplevel
@@ -67,7 +82,7 @@ def step_ms(variant: str, rounds: int = 5, steps: int = 5) -> float:
   from mmjax.data import sequences  # pylint: disable=import-outside-toplevel
   from mmjax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   from mmjax.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  config = seq_configs.get_config(variant)
+  config = load_config(variant, sets)
   task = tasks.get(config.task)
   model = task.build_model(config)
   data = sequences.SequencesConfig(name="bench", num_train=config.batch_size)
@@ -105,7 +120,8 @@ def main() -> None:
   if args.step_ms:
     print("| model | parameters | ms per training step |\n|---|---|---|")
     for model in args.models.split(","):
-      print(f"| {model} | {parameters(model):,} | {step_ms(model):.0f} |", flush=True)
+      print(f"| {model} | {parameters(model, args.set):,} | {step_ms(model, args.set):.0f} |",
+            flush=True)
     return
   out = pathlib.Path(args.out).expanduser()
   variants = args.variants.split(",")

@@ -84,3 +84,15 @@ def test_sequence_models_step_time_on_the_tiny_config():
   ms = sequence_models.step_ms("mtag,tiny", rounds=1, steps=1)
   assert 0 < ms < 60_000
   assert sequence_models.parameters("mtag,tiny") > 0
+
+
+def test_sequence_models_set_reaches_the_timed_config():
+  # --set applies to --step_ms's configs as train.py applies --config.KEY=VALUE: MTAG's edge-type
+  # biases are (edge types, heads), so one head fewer is fewer parameters; a key the config lacks
+  # is an error naming it, not ignored
+  heads = sequence_models.load_config("mtag,tiny", ["model.num_heads=1"]).model.num_heads
+  assert heads == 1 and sequence_models.load_config("mtag,tiny").model.num_heads == 2
+  assert (sequence_models.parameters("mtag,tiny", ["model.num_heads=1"])
+          < sequence_models.parameters("mtag,tiny"))
+  with pytest.raises(AttributeError, match="num_headz"):
+    sequence_models.load_config("mtag,tiny", ["model.num_headz=1"])
