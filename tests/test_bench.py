@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from mmjax.models.mtag_graph import num_edge_types
 from mmjax.models.two_tower import PRESETS, two_tower
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "bench"))
@@ -88,11 +89,13 @@ def test_sequence_models_step_time_on_the_tiny_config():
 
 def test_sequence_models_set_reaches_the_timed_config():
   # --set applies to --step_ms's configs as train.py applies --config.KEY=VALUE: MTAG's edge-type
-  # biases are (edge types, heads), so one head fewer is fewer parameters; a key the config lacks
-  # is an error naming it, not ignored
-  heads = sequence_models.load_config("mtag,tiny", ["model.num_heads=1"]).model.num_heads
-  assert heads == 1 and sequence_models.load_config("mtag,tiny").model.num_heads == 2
-  assert (sequence_models.parameters("mtag,tiny", ["model.num_heads=1"])
-          < sequence_models.parameters("mtag,tiny"))
+  # biases are (edge types, heads) in each layer (the attention vectors split the width over the
+  # heads, so their size stays), so the tiny config's one layer over three streams loses exactly
+  # num_edge_types(3) parameters per head; a key the config lacks is an error naming it
+  tiny = sequence_models.load_config("mtag,tiny")
+  assert (tiny.model.num_heads, tiny.model.depth, len(tiny.model.streams)) == (2, 1, 3)
+  assert sequence_models.load_config("mtag,tiny", ["model.num_heads=1"]).model.num_heads == 1
+  assert (sequence_models.parameters("mtag,tiny")
+          - sequence_models.parameters("mtag,tiny", ["model.num_heads=1"])) == num_edge_types(3)
   with pytest.raises(AttributeError, match="num_headz"):
     sequence_models.load_config("mtag,tiny", ["model.num_headz=1"])
